@@ -1,0 +1,179 @@
+"""What the transport layer offers and expects: the leaf module of ``sipedge.transport``.
+
+Theory of operation: the asyncio shell (``udp``, ``tcp``, ``tls``, composed by
+:class:`sipedge.transport.Transports`) turns socket events into two calls on a
+:class:`MessageSink` — ``receive`` for every datagram or framed stream message and
+``transport_error`` when bytes for a destination could not be delivered — and offers
+one call back, :meth:`Sender.send`. Peers never cause exceptions here (house rule 6):
+a refused connection, a reset or a failed TLS handshake becomes a ``transport_error``
+*value*; :class:`TransportError` is raised only to the operator-facing code that
+starts the transports (a port already in use, an unreadable certificate).
+
+This module imports only asyncio and the ``Endpoint`` value type so every other
+transport module (and the driver) can import it without cycles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from sipedge.sip.address import Endpoint
+
+__all__ = [
+    "MessageSink",
+    "Sender",
+    "StreamSettings",
+    "TlsSettings",
+    "TransportError",
+    "TransportErrorReason",
+    "new_event_loop",
+    "run",
+]
+
+_T = TypeVar("_T")
+
+
+class MessageSink(Protocol):
+    """What the transports deliver to (the driver implements it; tests use a recorder).
+
+    Both methods are called from the event loop, never re-entrantly from inside
+    :meth:`Sender.send`, and must not raise.
+    """
+
+    def receive(self, data: bytes, peer: Endpoint, local: Endpoint, now: float) -> None:
+        """One datagram or one framed stream message.
+
+        Args:
+            data: the message bytes (one UDP datagram or one whole framed message).
+            peer: where it came from; a response or request sent to this exact
+                ``Endpoint`` goes back over the same UDP socket or stream connection.
+            local: the listener it arrived on (for an outbound stream connection: the
+                ``local`` it was opened for).
+            now: ``loop.time()`` when the bytes were read.
+        """
+        ...
+
+    def transport_error(self, dest: Endpoint, now: float) -> None:
+        """Bytes for ``dest`` could not be delivered (RFC 3261 §18.4 transport error).
+
+        Args:
+            dest: the destination given to :meth:`Sender.send`, or the peer of a
+                stream connection that was reset.
+            now: ``loop.time()`` when the failure was seen.
+        """
+        ...
+
+
+class Sender(Protocol):
+    """The one call the driver makes into the transports."""
+
+    def send(self, data: bytes, dest: Endpoint, local: Endpoint) -> None:
+        """Queue ``data`` for ``dest``; never blocks and never raises for peer problems."""
+        ...
+
+
+class TransportErrorReason(enum.Enum):
+    """Why the transport layer refused to do what the operator asked."""
+
+    BIND_FAILED = "bind failed"
+    TLS_CONFIG = "bad TLS configuration"
+    UNSUPPORTED = "unsupported transport"
+    CLOSED = "transports closed"
+
+
+class TransportError(Exception):
+    """The one error type of the transport layer (operator-facing, never peer-caused).
+
+    Attributes:
+        reason: what kind of failure.
+        detail: human text (which address, which file, the OS error).
+    """
+
+    def __init__(self, reason: TransportErrorReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """Tuning for TCP/TLS connections (defaults suit a trunk proxy; tests shrink them).
+
+    Attributes:
+        idle_timeout_s: a connection with no bytes in either direction for this long is
+            closed. 600 s outlives an INVITE transaction left ringing for Timer C
+            (> 3 min, RFC 3261 §16.6 step 11) so its final response can still use the
+            inbound connection (§18.2.2: a new connection to the caller's sent-by
+            would hit a NAT or firewall); it is far above the 15 s probe / CRLF
+            keep-alive interval so gateway flows never reap; the cost is one file
+            descriptor per idle peer, bounded by ``max_connections``.
+        connect_timeout_s: TCP connect plus TLS handshake budget. Below Twilio's 4 s
+            "no provisional reply" failover timer would starve the handshake on a slow
+            link; above it the proxy core has already failed over anyway.
+        max_connections: cap on open stream connections (inbound plus outbound);
+            beyond it inbound connections are refused and sends fail.
+        max_message: largest framed message accepted (the framer closes beyond).
+        write_high_water: write buffer size at which reading from that peer pauses
+            (backpressure: do not accept work whose answers cannot be written).
+        write_hard_limit: write buffer size at which the peer is a lost cause and the
+            connection is aborted (a peer that stopped reading).
+        max_pending: bytes queued for a connection that is still connecting.
+    """
+
+    idle_timeout_s: float = 600.0
+    connect_timeout_s: float = 5.0
+    max_connections: int = 4096
+    max_message: int = 65535
+    write_high_water: int = 256 * 1024
+    write_hard_limit: int = 4 * 1024 * 1024
+    max_pending: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """Where the TLS material lives (paths are already absolute; see ``sipedge.config``).
+
+    Attributes:
+        cafile: CA bundle every TLS peer we connect to is verified against.
+        certfile: our certificate chain (PEM), required to listen on TLS.
+        keyfile: its private key (PEM); ``None`` when it is inside ``certfile``.
+    """
+
+    cafile: str
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's when it is importable (Linux), else asyncio's.
+
+    Returns:
+        A fresh loop, not set as the current loop.
+    """
+    try:
+        import uvloop
+    except ImportError:  # not a hard dependency off Linux; asyncio is the fallback
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
+    """Run ``main`` to completion on a loop from :func:`new_event_loop`.
+
+    ``asyncio.Runner`` with a loop factory rather than a global event loop policy:
+    the policy API is deprecated from Python 3.14 on and a policy is process-global.
+
+    Args:
+        main: the coroutine to run (the daemon's entry point).
+        debug: asyncio debug mode, ``None`` to follow ``PYTHONASYNCIODEBUG``.
+
+    Returns:
+        What ``main`` returned.
+    """
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)

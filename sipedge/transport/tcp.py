@@ -1,0 +1,423 @@
+"""Stream transports (TCP, and TLS through ``tls.py``): listeners, connections, reuse.
+
+Theory of operation:
+
+* A :class:`StreamTable` owns every stream connection of one process, inbound
+  (accepted on a listener) and outbound (opened by :meth:`StreamTable.send`), in one
+  table keyed by the *remote* :class:`Endpoint`. RFC 3261 §18 connection reuse falls out
+  of the key: a response or request for ``tcp:198.51.100.7:49152`` goes back over the
+  connection that peer opened, and a second request to ``tcp:208.78.112.64:5060``
+  reuses the connection the first one opened.
+* An outbound connection is entered in the table *before* it connects, with a bounded
+  queue of pending bytes, so messages sent while connecting keep their order and do
+  not open a second connection. A refused connect, a timeout, a failed TLS handshake
+  or a reset becomes ``sink.transport_error(dest, now)`` (RFC 3261 §18.4).
+* Each connection frames its byte stream with ``sipedge.sip.framing.StreamFramer``
+  (Content-Length framing, RFC 3261 §18.3). A framing error is unrecoverable on a
+  stream — the next message boundary is unknown — so the connection is closed.
+  A double-CRLF keep-alive ping is answered with a single CRLF pong (RFC 5626 §4.4.1).
+* One periodic reaper closes connections idle longer than ``idle_timeout_s``.
+* Backpressure: when a peer stops reading and our write buffer passes the high-water
+  mark, reading from that same peer pauses until the buffer drains; past a hard limit
+  the connection is aborted rather than buffering without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import cast
+
+from sipedge.sip.address import Endpoint
+from sipedge.sip.errors import ParseError
+from sipedge.sip.framing import StreamFramer
+from sipedge.transport.base import (
+    MessageSink,
+    StreamSettings,
+    TransportError,
+    TransportErrorReason,
+)
+from sipedge.transport.udp import peer_endpoint
+
+__all__ = ["StreamConnection", "StreamTable"]
+
+_log = logging.getLogger(__name__)
+
+_PONG = b"\r\n"
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+class StreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection: a framer on the way in, a queue while connecting.
+
+    Attributes:
+        peer: the remote endpoint (the table key); ``None`` until an inbound
+            connection is made.
+        local: the listener this connection belongs to (inbound) or the ``local`` it
+            was opened for (outbound); given to the sink with every message.
+        last_activity: ``loop.time()`` of the last byte read or written.
+    """
+
+    def __init__(
+        self,
+        table: StreamTable,
+        transport_name: str,
+        local: Endpoint,
+        peer: Endpoint | None = None,
+    ) -> None:
+        self.peer = peer
+        self.local = local
+        self._table = table
+        self._transport_name = transport_name
+        self._transport: asyncio.Transport | None = None
+        self._framer = StreamFramer(table.settings.max_message)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._failed = False
+        self.last_activity = table.loop.time()
+        self.closed = asyncio.Event()
+
+    # -- asyncio callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        self.last_activity = self._table.loop.time()
+        transport.set_write_buffer_limits(high=self._table.settings.write_high_water)
+        if self.peer is None:  # accepted on a listener
+            self.peer = peer_endpoint(self._transport_name, transport.get_extra_info("peername"))
+            if not self._table.admit(self):
+                transport.abort()
+                return
+        if self._pending:
+            transport.write(b"".join(self._pending))
+            self._pending.clear()
+            self._pending_size = 0
+
+    def data_received(self, data: bytes) -> None:
+        loop = self._table.loop
+        self.last_activity = now = loop.time()
+        framer = self._framer
+        framer.feed(data)
+        try:
+            while (message := framer.next_message()) is not None:
+                assert self.peer is not None
+                self._table.sink.receive(message, self.peer, self.local, now)
+        except ParseError as exc:
+            # RFC 3261 §18.3: without a usable Content-Length the stream cannot be
+            # re-synchronised; closing is the only safe answer.
+            _log.info("%s: closing stream: %s", self.peer, exc.reason)
+            self._fail()
+            return
+        pings = framer.pings
+        if pings and self._transport is not None:
+            # RFC 5626 §4.4.1: each double-CRLF ping gets one single-CRLF pong.
+            self._transport.write(_PONG * pings)
+
+    def eof_received(self) -> bool | None:
+        return None  # half-closed is useless to SIP: let asyncio close our side
+
+    def pause_writing(self) -> None:
+        # The peer is not reading: stop reading its requests too (backpressure).
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._table.forget(self)
+        if (exc is not None or self._failed) and self.peer is not None:
+            self._table.report_error(self.peer)
+        self.closed.set()
+
+    # -- API ----------------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        """True once connected (and, for TLS, after the handshake)."""
+        return self._transport is not None
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes queued but not yet handed to the kernel (pending included)."""
+        if self._transport is None:
+            return self._pending_size
+        return self._transport.get_write_buffer_size()
+
+    def write(self, data: bytes) -> bool:
+        """Queue ``data``; False when the connection cannot take it (caller reports)."""
+        settings = self._table.settings
+        transport = self._transport
+        if transport is None:
+            if self._pending_size + len(data) > settings.max_pending:
+                return False
+            self._pending.append(data)
+            self._pending_size += len(data)
+            return True
+        if transport.is_closing():
+            return False
+        transport.write(data)
+        self.last_activity = self._table.loop.time()
+        if transport.get_write_buffer_size() > settings.write_hard_limit:
+            _log.warning("%s: peer not reading, aborting the connection", self.peer)
+            self._failed = True
+            transport.abort()
+        return True
+
+    def close(self) -> None:
+        """Close gracefully (buffered bytes are flushed first)."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping buffered bytes."""
+        if self._transport is not None:
+            self._transport.abort()
+        else:
+            self.closed.set()
+
+    def _fail(self) -> None:
+        self._failed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class _Listener:
+    """A stream listener: the asyncio server plus its bound endpoint."""
+
+    __slots__ = ("local", "server")
+
+    def __init__(self, local: Endpoint) -> None:
+        self.local = local
+        self.server: asyncio.Server | None = None
+
+
+class StreamTable:
+    """Every stream connection and listener, keyed by remote endpoint.
+
+    Args:
+        sink: where framed messages and transport errors go.
+        loop: the running loop.
+        settings: timeouts and limits.
+        client_ssl: the context outbound ``tls`` connections use (``None``: sends to a
+            ``tls`` destination fail with a transport error).
+        sni_for: server name for an outbound ``tls`` destination (SNI and the name the
+            certificate is checked against); ``None`` from it means ``dest.host``.
+    """
+
+    def __init__(
+        self,
+        sink: MessageSink,
+        loop: asyncio.AbstractEventLoop,
+        settings: StreamSettings,
+        *,
+        client_ssl: ssl.SSLContext | None = None,
+        sni_for: Callable[[Endpoint], str | None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.loop = loop
+        self.settings = settings
+        self._client_ssl = client_ssl
+        self._sni_for = sni_for
+        self.connections: dict[Endpoint, StreamConnection] = {}
+        self._open: set[StreamConnection] = set()  # everything not yet connection_lost
+        self._connecting: set[asyncio.Task[None]] = set()
+        self._listeners: list[_Listener] = []
+        self._closing = False
+        period = min(max(settings.idle_timeout_s / 4, 0.05), 30.0)
+        self._reap_period = period
+        self._reaper: asyncio.TimerHandle | None = loop.call_later(period, self._reap)
+
+    # -- listeners ----------------------------------------------------------------------
+
+    async def listen(self, local: Endpoint, server_ssl: ssl.SSLContext | None = None) -> Endpoint:
+        """Accept connections on ``local`` (``tcp`` or, with ``server_ssl``, ``tls``).
+
+        Args:
+            local: address to bind; port 0 picks an ephemeral port.
+            server_ssl: the server context for a ``tls`` listener.
+
+        Returns:
+            The bound endpoint.
+
+        Raises:
+            TransportError: BIND_FAILED when the address cannot be bound.
+        """
+        listener = _Listener(local)
+        name = local.transport
+
+        def factory() -> StreamConnection:
+            return StreamConnection(self, name, listener.local)
+
+        try:
+            server = await self.loop.create_server(
+                factory,
+                local.host,
+                local.port,
+                family=socket.AF_INET6 if ":" in local.host else socket.AF_INET,
+                reuse_address=True,
+                backlog=1024,
+                ssl=server_ssl,
+                ssl_handshake_timeout=self.settings.connect_timeout_s if server_ssl else None,
+            )
+        except OSError as exc:
+            raise TransportError(TransportErrorReason.BIND_FAILED, f"{local}: {exc}") from exc
+        listener.server = server
+        listener.local = peer_endpoint(name, server.sockets[0].getsockname())
+        self._listeners.append(listener)
+        return listener.local
+
+    def admit(self, conn: StreamConnection) -> bool:
+        """Enter an accepted connection in the table, unless over the cap or closing."""
+        if self._closing or len(self._open) >= self.settings.max_connections:
+            _log.warning("refusing stream connection from %s: limit reached", conn.peer)
+            return False
+        assert conn.peer is not None
+        self._open.add(conn)
+        self.connections[conn.peer] = conn
+        return True
+
+    def forget(self, conn: StreamConnection) -> None:
+        """Drop a connection that is gone (called from ``connection_lost``)."""
+        self._open.discard(conn)
+        if conn.peer is not None and self.connections.get(conn.peer) is conn:
+            del self.connections[conn.peer]
+
+    def report_error(self, dest: Endpoint) -> None:
+        """Tell the sink about ``dest``, from the loop (never re-entrantly)."""
+        if not self._closing:
+            self.loop.call_soon(self.sink.transport_error, dest, self.loop.time())
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, data: bytes, dest: Endpoint, local: Endpoint) -> None:
+        """Write ``data`` to ``dest`` over its connection, opening one if needed.
+
+        Args:
+            data: one whole SIP message.
+            dest: ``tcp`` or ``tls`` endpoint (the connection table key).
+            local: the listener the core chose; a new connection binds its host.
+        """
+        conn = self.connections.get(dest)
+        if conn is None:
+            conn = self._connect(dest, local)
+            if conn is None:
+                self.report_error(dest)
+                return
+        if not conn.write(data):
+            self.report_error(dest)
+
+    def _connect(self, dest: Endpoint, local: Endpoint) -> StreamConnection | None:
+        if self._closing or len(self._open) >= self.settings.max_connections:
+            return None
+        if dest.transport == "tls" and self._client_ssl is None:
+            _log.warning("no TLS client context: cannot send to %s", dest)
+            return None
+        conn = StreamConnection(self, dest.transport, local, peer=dest)
+        self._open.add(conn)
+        self.connections[dest] = conn
+        task = self.loop.create_task(self._open_connection(conn, dest, local))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+        return conn
+
+    async def _open_connection(
+        self, conn: StreamConnection, dest: Endpoint, local: Endpoint
+    ) -> None:
+        # Bind the source address so the peer sees the same host as our Via and
+        # Record-Route (and an ACL on the far side matches); the port is ephemeral.
+        local_addr = None if local.host in _WILDCARD_HOSTS else (local.host, 0)
+        ctx = self._client_ssl if dest.transport == "tls" else None
+        server_hostname = None
+        if ctx is not None:
+            server_hostname = (self._sni_for(dest) if self._sni_for else None) or dest.host
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: conn,
+                    dest.host,
+                    dest.port,
+                    ssl=ctx,
+                    server_hostname=server_hostname,
+                    local_addr=local_addr,
+                    ssl_handshake_timeout=self.settings.connect_timeout_s if ctx else None,
+                ),
+                self.settings.connect_timeout_s,
+            )
+        except asyncio.CancelledError:
+            self.forget(conn)
+            conn.closed.set()
+            raise
+        except Exception as exc:  # any connect/handshake failure is the peer's, a value
+            _log.info("connect %s -> %s failed: %s", local, dest, exc)
+            self.forget(conn)
+            conn.closed.set()
+            self.report_error(dest)
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        now = self.loop.time()
+        deadline = now - self.settings.idle_timeout_s
+        for conn in list(self.connections.values()):
+            if conn.is_connected and conn.last_activity < deadline:
+                _log.debug("closing idle stream %s", conn.peer)
+                conn.close()
+        self._reaper = self.loop.call_later(self._reap_period, self._reap)
+
+    @property
+    def listeners(self) -> list[Endpoint]:
+        """The bound listener endpoints."""
+        return [listener.local for listener in self._listeners]
+
+    def stop_listening(self) -> None:
+        """Stop accepting new connections (existing ones keep working)."""
+        for listener in self._listeners:
+            if listener.server is not None:
+                listener.server.close()
+
+    def pending_bytes(self) -> int:
+        """Bytes still buffered across all connections (for a bounded drain)."""
+        return sum(conn.write_buffer_size for conn in self._open)
+
+    def close(self) -> None:
+        """Stop listening and close every connection; then await :meth:`wait_closed`."""
+        self._closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        self.stop_listening()
+        for task in self._connecting:
+            task.cancel()
+        for conn in list(self._open):
+            conn.close()
+
+    async def wait_closed(self, timeout_s: float = 2.0) -> None:
+        """Wait until every listener and connection is gone.
+
+        Args:
+            timeout_s: how long graceful closes may take to flush; connections still
+                open after it (a peer that stopped reading) are aborted.
+        """
+        for listener in self._listeners:
+            if listener.server is not None:
+                await listener.server.wait_closed()
+        if self._connecting:
+            await asyncio.gather(*self._connecting, return_exceptions=True)
+        waits = [conn.closed.wait() for conn in self._open]
+        if not waits:
+            return
+        done = asyncio.gather(*waits)
+        try:
+            await asyncio.wait_for(asyncio.shield(done), timeout_s)
+        except TimeoutError:
+            for conn in list(self._open):
+                conn.abort()
+            await done

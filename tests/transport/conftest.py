@@ -1,0 +1,74 @@
+"""Fixtures for the transport tests: a recording sink and loopback addresses.
+
+Only 127.0.0.200–127.0.0.209 with ephemeral ports are used, so these tests never collide
+with the lab addresses (127.0.0.1, .3, .10, .64–.66, 127.0.1.x) other suites bind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sipedge.sip.address import Endpoint
+
+HOST_A = "127.0.0.200"
+HOST_B = "127.0.0.201"
+HOST_C = "127.0.0.202"
+HOST_NOBODY = "127.0.0.209"
+
+
+@dataclass
+class Received:
+    data: bytes
+    peer: Endpoint
+    local: Endpoint
+    now: float
+
+
+@dataclass
+class RecordingSink:
+    """A MessageSink that keeps everything it is given."""
+
+    messages: list[Received] = field(default_factory=list)
+    errors: list[Endpoint] = field(default_factory=list)
+
+    def receive(self, data: bytes, peer: Endpoint, local: Endpoint, now: float) -> None:
+        self.messages.append(Received(data, peer, local, now))
+
+    def transport_error(self, dest: Endpoint, now: float) -> None:
+        self.errors.append(dest)
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    """Poll the loop until ``predicate()`` holds (fails the test after ``timeout_s``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+def sip_request(n: int = 1, body: bytes = b"", method: bytes = b"OPTIONS") -> bytes:
+    """A small well-formed request (Content-Length set) numbered ``n``."""
+    return (
+        method + b" sip:gw@127.0.0.201 SIP/2.0\r\n"
+        b"Via: SIP/2.0/TCP 127.0.0.200:5060;branch=z9hG4bK" + str(n).encode() + b"\r\n"
+        b"Max-Forwards: 70\r\n"
+        b"From: <sip:a@127.0.0.200>;tag=1\r\n"
+        b"To: <sip:gw@127.0.0.201>\r\n"
+        b"Call-ID: call-" + str(n).encode() + b"\r\n"
+        b"CSeq: " + str(n).encode() + b" " + method + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+def free_port(host: str) -> int:
+    """A TCP port on ``host`` that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+    return port
