@@ -476,7 +476,31 @@ class Transaction:
             return None
         return min(deadlines.values())
 
+    def timer_deadline(self, timer: Input) -> float | None:
+        """The deadline of ``timer`` (``Input.TIMER_A`` …) if it is running, else None."""
+        return self._deadlines.get(timer)
+
     # -- inputs shared by both sides ------------------------------------------------------
+
+    def step(self, inp: Input, now: float, *, status: int = 0, data: bytes = b"") -> list[Action]:
+        """Feed one raw :class:`Input` to the state machine (the table's entry point).
+
+        The typed methods (``receive_response``, ``send_response`` …) are the normal way in;
+        this one exists for callers and tests that speak the table's vocabulary. A pair that
+        is not in the table returns ``[]`` and changes nothing.
+
+        Args:
+            inp: the input.
+            now: the current time.
+            status: for ``RESPONSE_*``/``TU_*``: the status code to report or send.
+            data: for ``TU_*``: the response bytes to send.
+
+        Returns:
+            The actions to perform.
+        """
+        out: list[Action] = []
+        self._step(inp, now, out, status, data)
+        return out
 
     def transport_error(self, now: float) -> list[Action]:
         """The transport failed to send for this transaction (RFC 3261 §17.1.4, §17.2.4).
@@ -672,12 +696,18 @@ class ClientTransaction(Transaction):
             return []
         if ack is not None and self._invite and inp is Input.RESPONSE_300_699:
             self._ack = ack
+        return self.step(inp, now, status=status)
+
+    def step(self, inp: Input, now: float, *, status: int = 0, data: bytes = b"") -> list[Action]:
+        """See :meth:`Transaction.step`.
+
+        Raises:
+            ValueError: the entry sends an ACK and none was ever given.
+        """
         entry = self._table.get((self._state, inp))
         if entry is not None and Effect.SEND_ACK in entry[1] and self._ack is None:
             raise ValueError("an INVITE non-2xx final needs the ACK bytes (ack=...)")
-        out: list[Action] = []
-        self._step(inp, now, out, status)
-        return out
+        return super().step(inp, now, status=status, data=data)
 
     def _apply(
         self, effect: Effect, inp: Input, now: float, out: list[Action], status: int, data: bytes
