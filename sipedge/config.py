@@ -1,0 +1,914 @@
+"""Configuration: one TOML file → one frozen ``Config``, validated once (house rule 10).
+
+Theory of operation: :func:`load_config` is a pure function of the file (plus the
+shipped Twilio catalogue and, for TLS, the existence of the named files). It either
+returns a complete, immutable :class:`Config` or raises :class:`ConfigError` naming the
+file, the key (``edges[1].gateways[0]``) and the reason, so ``sipedge check`` and
+``sipedge run`` share one loader and a reload can swap the whole value atomically.
+Nothing here logs: facts worth telling the operator that are not errors (a legacy
+edge id normalised, a public Twilio target allowed) are collected in
+``Config.warnings`` for the caller to log once and for :func:`summary` to print.
+
+The file format is a public interface (issues 3 and 4); every key, its default and
+its meaning are shown in ``conf/sipedge.toml``. Unknown keys are refused at every
+level, because a misspelt key silently falling back to a default is how a proxy ends
+up sending calls somewhere nobody intended.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from sipedge.catalogue import CatalogueError, EdgeMatch
+from sipedge.catalogue import load as load_catalogue
+from sipedge.sip.address import TRANSPORTS, Endpoint, default_port
+from sipedge.sip.timers import Timers
+
+__all__ = [
+    "AdminConfig",
+    "Config",
+    "ConfigError",
+    "EdgeConfig",
+    "FailoverConfig",
+    "GatewayConfig",
+    "InboundConfig",
+    "InsideConfig",
+    "LogConfig",
+    "OutsideConfig",
+    "ProbeConfig",
+    "TlsConfig",
+    "load_config",
+    "parse_config",
+    "summary",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+RejectPolicy = Literal["drop", "403"]
+_T = TypeVar("_T")
+
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+# Twilio asks for at most one OPTIONS ping per 10–15 s per gateway (interconnect facts).
+_TWILIO_MIN_PROBE_INTERVAL_S = 10.0
+
+
+class ConfigError(Exception):
+    """The one error of the config layer: ``FILE: key: reason``.
+
+    Attributes:
+        path: the config file as given.
+        key: dotted key path (``inside.listen[1]``), or ``(file)`` for the file itself.
+        reason: what is wrong, for the operator.
+    """
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        super().__init__(path, key, reason)
+        self.path = path
+        self.key = key
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.key}: {self.reason}"
+
+
+# ----------------------------------------------------------------------------------------
+# The Config tree
+
+
+@dataclass(frozen=True, slots=True)
+class InsideConfig:
+    """``[inside]``: the side facing the PBX.
+
+    Attributes:
+        listen: sockets the PBX sends to.
+        allow: source networks allowed to place calls towards Twilio.
+        pbx: where calls from Twilio are sent (host may be a name, resolved later).
+    """
+
+    listen: tuple[Endpoint, ...]
+    allow: tuple[IPNetwork, ...]
+    pbx: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class OutsideConfig:
+    """``[outside]``: the side facing Twilio over the private link.
+
+    Attributes:
+        listen: sockets Twilio's gateways send to and calls/probes leave from.
+        domain: the unique part of ``<domain>.sip.twilio.com`` (one DNS label).
+        allow_public: permit public (non-Interconnect) Twilio host names as gateways.
+    """
+
+    listen: tuple[Endpoint, ...]
+    domain: str
+    allow_public: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """One gateway of an edge.
+
+    Attributes:
+        host: IP literal (IPv6 without brackets) or a DNS name (RFC 3263, resolved later).
+        port: the port given, or ``None`` (an IP uses the transport's default port; a
+            name is looked up with SRV first, RFC 3263 §4.2).
+        transport: the edge's transport.
+        weight: relative share of calls within the edge (round-robin weight).
+    """
+
+    host: str
+    port: int | None
+    transport: str
+    weight: int = 1
+
+    @property
+    def is_ip(self) -> bool:
+        """True when ``host`` is an IP literal (no DNS needed)."""
+        return _is_ip(self.host)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where to send, with the default port filled in (5060, or 5061 for TLS)."""
+        return Endpoint(self.transport, self.host, self.port or default_port(self.transport))
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}" if self.port is not None else host
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    """One ``[[edges]]`` entry: a priority group of gateways, tried in file order.
+
+    Attributes:
+        name: canonical Interconnect edge name (``ashburn-ix``), legacy ids normalised.
+        region: the gateways' region (``Virginia``), from the catalogue.
+        transport: ``udp``, ``tcp`` or ``tls``.
+        gateways: the group; the catalogue's addresses when the file gives none.
+        localized_domain: the Request-URI host for calls through this edge,
+            ``{domain}.sip.{edge}.twilio.com``; also the TLS server name (SNI).
+        from_catalogue: True when ``gateways`` came from the catalogue.
+    """
+
+    name: str
+    region: str
+    transport: str
+    gateways: tuple[GatewayConfig, ...]
+    localized_domain: str
+    from_catalogue: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InboundConfig:
+    """``[inbound]``: calls from Twilio, and strangers on either side.
+
+    Attributes:
+        strip_edge_params: remove ``edge``/``tnx`` Request-URI parameters before the PBX.
+        reject_unknown: a request from an unknown source is dropped silently or
+            answered 403.
+    """
+
+    strip_edge_params: bool = False
+    reject_unknown: RejectPolicy = "drop"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``[tls]``: absolute paths (relative ones are resolved against the config file).
+
+    Attributes:
+        cafile: CA bundle TLS peers are verified against (required when TLS is used).
+        certfile: our certificate chain (required to listen on TLS).
+        keyfile: its key, unless inside ``certfile``.
+    """
+
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """``[probe]``: OPTIONS health probing per gateway (Kamailio ``ds_ping_*`` analogue).
+
+    Attributes:
+        interval_up_s: probe interval while a gateway is up.
+        interval_down_s: probe interval while it is down or probing.
+        timeout_s: a probe with no final reply after this long failed.
+        down_after: consecutive failures before UP → DOWN.
+        up_after: consecutive successes before DOWN → UP.
+        healthy_codes: reply codes that count as alive (``"2xx"`` expanded).
+        jitter_fraction: each interval is randomised by ± this fraction so probes of
+            many gateways do not synchronise.
+        retry_after_max_s: cap on how long a 503 Retry-After may keep a gateway down.
+    """
+
+    interval_up_s: float = 15.0
+    interval_down_s: float = 5.0
+    timeout_s: float = 2.0
+    down_after: int = 3
+    up_after: int = 2
+    healthy_codes: frozenset[int] = frozenset(range(200, 300))
+    jitter_fraction: float = 0.1
+    retry_after_max_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverConfig:
+    """``[failover]``: when a call moves to the next gateway.
+
+    Attributes:
+        no_provisional_timeout_s: no 1xx within this long → next gateway.
+        codes: final responses that trigger failover (never 1xx/2xx).
+    """
+
+    no_provisional_timeout_s: float = 4.0
+    codes: frozenset[int] = frozenset({408, 500, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """``[admin]``: the HTTP admin/metrics listener.
+
+    Attributes:
+        listen: ``tcp`` endpoint to serve on, or ``None`` (off).
+    """
+
+    listen: Endpoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``.
+
+    Attributes:
+        level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``.
+    """
+
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration; swap it whole on reload.
+
+    Attributes:
+        path: the file it was read from.
+        inside: ``[inside]``.
+        outside: ``[outside]``.
+        edges: ``[[edges]]`` in priority order.
+        inbound: ``[inbound]``.
+        tls: ``[tls]`` (all ``None`` when absent).
+        timers: ``[timers]`` as the transaction layer's ``Timers``.
+        probe: ``[probe]``.
+        failover: ``[failover]``.
+        admin: ``[admin]``.
+        log: ``[log]``.
+        warnings: ``key: text`` lines worth logging once (not errors).
+    """
+
+    path: str
+    inside: InsideConfig
+    outside: OutsideConfig
+    edges: tuple[EdgeConfig, ...]
+    inbound: InboundConfig
+    tls: TlsConfig
+    timers: Timers
+    probe: ProbeConfig
+    failover: FailoverConfig
+    admin: AdminConfig
+    log: LogConfig
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def listen(self) -> tuple[Endpoint, ...]:
+        """Every socket to bind, inside first, duplicates (a shared socket) once."""
+        return tuple(dict.fromkeys(self.inside.listen + self.outside.listen))
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when any listener, edge or the PBX uses TLS."""
+        return (
+            any(e.transport == "tls" for e in self.listen)
+            or any(e.transport == "tls" for e in self.edges)
+            or self.inside.pbx.transport == "tls"
+        )
+
+    def sni_map(self) -> dict[Endpoint, str]:
+        """Gateway endpoint → localized domain, for the transports' ``sni_for``."""
+        return {gw.endpoint: e.localized_domain for e in self.edges for gw in e.gateways}
+
+
+# ----------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file.
+
+    Args:
+        path: the TOML file; relative TLS paths inside it are resolved against its
+            directory.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: unreadable file, invalid TOML, or any invalid key.
+    """
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(name, "(file)", f"cannot read: {exc}") from exc
+    return parse_config(text, name, base_dir=Path(path).parent)
+
+
+def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = None) -> Config:
+    """Validate config text (the pure core of :func:`load_config`; tests use it).
+
+    Args:
+        text: TOML text.
+        path: the name errors carry.
+        base_dir: what relative TLS paths are relative to (default: the current directory).
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: invalid TOML or any invalid key.
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "(syntax)", str(exc)) from exc
+    return _Loader(path, base_dir or Path.cwd()).build(doc)
+
+
+class _Loader:
+    """Walks the TOML document once; knows the file name for every error it raises."""
+
+    def __init__(self, path: str, base_dir: Path) -> None:
+        self.path = path
+        self.base_dir = base_dir
+        self.warnings: list[str] = []
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(self.path, key, reason)
+
+    def warn(self, key: str, text: str) -> None:
+        self.warnings.append(f"{key}: {text}")
+
+    # -- typed access -------------------------------------------------------------------
+
+    def table(
+        self, doc: Mapping[str, Any], key: str, where: str, allowed: Iterable[str]
+    ) -> dict[str, Any]:
+        """``doc[key]`` as a table (empty when absent), unknown keys refused."""
+        value = doc.get(key, {})
+        if not isinstance(value, dict):
+            raise self.error(where, "expected a table")
+        self.known(value, where, allowed)
+        return value
+
+    def known(self, table: Mapping[str, Any], where: str, allowed: Iterable[str]) -> None:
+        allowed = tuple(allowed)
+        for key in table:
+            if key not in allowed:
+                raise self.error(
+                    f"{where}.{key}" if where else key,
+                    f"unknown key; expected one of {', '.join(allowed)}",
+                )
+
+    def get(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        where: str,
+        kind: type[_T],
+        default: _T | None = None,
+    ) -> _T:
+        if key not in table:
+            if default is None:
+                raise self.error(f"{where}.{key}", "required key missing")
+            return default
+        value = table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        # bool is an int subclass: `down_after = true` must not pass as 1.
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
+            raise self.error(f"{where}.{key}", f"expected {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def positive(self, table: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        value = self.get(table, key, where, float, default)
+        if not value > 0:
+            raise self.error(f"{where}.{key}", f"must be positive, got {value}")
+        return value
+
+    def count(self, table: Mapping[str, Any], key: str, where: str, default: int) -> int:
+        value = self.get(table, key, where, int, default)
+        if value < 1:
+            raise self.error(f"{where}.{key}", f"must be at least 1, got {value}")
+        return value
+
+    def items(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        where: str,
+        parse: Callable[[Any, str], _T],
+        default: list[Any] | None = None,
+    ) -> tuple[_T, ...]:
+        raw = self.get(table, key, where, list, default)
+        out = tuple(parse(item, f"{where}.{key}[{i}]") for i, item in enumerate(raw))
+        if len(set(out)) != len(out):
+            raise self.error(f"{where}.{key}", "duplicate entries")
+        return out
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {value!r}")
+        return value.strip()
+
+    # -- value parsers ------------------------------------------------------------------
+
+    def listen(self, value: Any, key: str) -> Endpoint:
+        """``udp:IP:PORT`` / ``tcp:[v6]:PORT`` / ``tls:IP`` (port 0 = ephemeral)."""
+        text = self.string(value, key)
+        transport, sep, rest = text.partition(":")
+        if not sep or transport.lower() not in TRANSPORTS:
+            raise self.error(key, f"{text!r}: expected transport:ip:port, transport udp|tcp|tls")
+        transport = transport.lower()
+        host, port = self.hostport(rest, key, default_port(transport), allow_zero=True)
+        if not _is_ip(host):
+            raise self.error(key, f"{text!r}: listen needs an IP address, not a name")
+        return Endpoint(transport, host, port)
+
+    def hostport(
+        self, text: str, key: str, default: int | None, *, allow_zero: bool = False
+    ) -> tuple[str, int]:
+        host, port = _split_hostport(text)
+        if host is None:
+            raise self.error(key, f"{text!r}: not host[:port]")
+        if not (_is_ip(host) or _is_dns_name(host)):
+            raise self.error(key, f"{text!r}: {host!r} is neither an IP address nor a host name")
+        if port is None:
+            if default is None:
+                raise self.error(key, f"{text!r}: a port is required")
+            return host, default
+        low = 0 if allow_zero else 1
+        if not port.isdigit() or not low <= int(port) <= 65535:
+            raise self.error(key, f"{text!r}: bad port {port!r} (expected {low}–65535)")
+        return host, int(port)
+
+    def network(self, value: Any, key: str) -> IPNetwork:
+        text = self.string(value, key)
+        try:
+            return ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            raise self.error(key, f"{text!r}: not a CIDR network ({exc})") from exc
+
+    def pbx(self, value: Any, key: str) -> Endpoint:
+        """``host[:port][;transport=udp|tcp|tls]``."""
+        text = self.string(value, key)
+        hostport, _, params = text.partition(";")
+        transport = "udp"
+        if params:
+            name, _, param = params.partition("=")
+            if name.strip().lower() != "transport" or param.strip().lower() not in TRANSPORTS:
+                raise self.error(key, f"{text!r}: only ;transport=udp|tcp|tls may follow")
+            transport = param.strip().lower()
+        host, port = self.hostport(hostport, key, default_port(transport))
+        return Endpoint(transport, host, port)
+
+    def gateway(self, value: Any, key: str) -> tuple[str, int | None]:
+        text = self.string(value, key)
+        host, port = _split_hostport(text)
+        if host is None or not (_is_ip(host) or _is_dns_name(host)):
+            raise self.error(key, f"{text!r}: expected an IP, ip:port or a host name")
+        if port is None:
+            return host, None
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise self.error(key, f"{text!r}: bad port {port!r} (expected 1–65535)")
+        return host, int(port)
+
+    def status_class(self, value: Any, key: str) -> frozenset[int]:
+        """A healthy code: ``200``, ``"404"`` or a class ``"2xx"``."""
+        text = str(value).strip().lower() if isinstance(value, int | str) else ""
+        if isinstance(value, bool):
+            text = ""
+        if len(text) == 3 and text[0] in "123456" and text[1:] == "xx":
+            base = int(text[0]) * 100
+            return frozenset(range(base, base + 100))
+        if text.isdigit() and 100 <= int(text) <= 699:
+            return frozenset({int(text)})
+        raise self.error(key, f"{value!r}: expected a status code 100–699 or a class like '2xx'")
+
+    def failover_code(self, value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected a status code, got {value!r}")
+        # RFC 3261 §16.7: a 2xx is final for the caller; failing over after one would
+        # fork a second answered call. 1xx is not a final response at all.
+        if not 300 <= value <= 699:
+            raise self.error(key, f"{value}: only final non-2xx codes (300–699) can fail over")
+        return value
+
+    def file(self, value: Any, key: str) -> str:
+        text = self.string(value, key)
+        path = Path(text).expanduser()
+        if not path.is_absolute():
+            path = self.base_dir / path
+        return str(path)
+
+    # -- sections -----------------------------------------------------------------------
+
+    def build(self, doc: Mapping[str, Any]) -> Config:
+        self.known(
+            doc,
+            "",
+            (
+                "inside",
+                "outside",
+                "edges",
+                "inbound",
+                "tls",
+                "timers",
+                "probe",
+                "failover",
+                "admin",
+                "log",
+            ),
+        )
+        for required in ("inside", "outside", "edges"):
+            if required not in doc:
+                raise self.error(required, "required section missing")
+        inside = self.inside(doc)
+        outside = self.outside(doc)
+        edges = self.edges(doc, outside)
+        config = Config(
+            path=self.path,
+            inside=inside,
+            outside=outside,
+            edges=edges,
+            inbound=self.inbound(doc),
+            tls=self.tls(doc),
+            timers=self.timers(doc),
+            probe=self.probe(doc, edges),
+            failover=self.failover(doc),
+            admin=self.admin(doc),
+            log=self.log(doc),
+        )
+        self.check_tls(config)
+        return replace(config, warnings=tuple(self.warnings))
+
+    def inside(self, doc: Mapping[str, Any]) -> InsideConfig:
+        t = self.table(doc, "inside", "inside", ("listen", "allow", "pbx"))
+        listen = self.items(t, "listen", "inside", self.listen)
+        if not listen:
+            raise self.error("inside.listen", "at least one listener is required")
+        allow = self.items(t, "allow", "inside", self.network, [])
+        if not allow:
+            self.warn("inside.allow", "empty: no PBX may place calls")
+        return InsideConfig(
+            listen, allow, self.pbx(self.get(t, "pbx", "inside", str), "inside.pbx")
+        )
+
+    def outside(self, doc: Mapping[str, Any]) -> OutsideConfig:
+        t = self.table(doc, "outside", "outside", ("listen", "domain", "allow_public"))
+        listen = self.items(t, "listen", "outside", self.listen)
+        if not listen:
+            raise self.error("outside.listen", "at least one listener is required")
+        domain = self.get(t, "domain", "outside", str).strip().lower()
+        if domain.endswith(".sip.twilio.com"):
+            self.warn("outside.domain", f"{domain!r} reduced to its unique part")
+            domain = domain[: -len(".sip.twilio.com")]
+        if not _is_label(domain):
+            raise self.error(
+                "outside.domain",
+                f"{domain!r} must be one DNS label: the unique part of <domain>.sip.twilio.com",
+            )
+        allow_public = self.get(t, "allow_public", "outside", bool, False)
+        return OutsideConfig(listen, domain, allow_public)
+
+    def edges(self, doc: Mapping[str, Any], outside: OutsideConfig) -> tuple[EdgeConfig, ...]:
+        raw = doc["edges"]
+        if not isinstance(raw, list) or not raw:
+            raise self.error("edges", "expected one or more [[edges]] tables")
+        edges: list[EdgeConfig] = []
+        for i, entry in enumerate(raw):
+            where = f"edges[{i}]"
+            if not isinstance(entry, dict):
+                raise self.error(where, "expected a table")
+            edges.append(self.edge(entry, where, outside))
+        names = [e.name for e in edges]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise self.error(f"edges[{i}].name", f"edge {name!r} is listed twice")
+        return tuple(edges)
+
+    def edge(self, t: Mapping[str, Any], where: str, outside: OutsideConfig) -> EdgeConfig:
+        self.known(t, where, ("name", "gateways", "transport", "weights"))
+        given = self.get(t, "name", where, str)
+        match = self.catalogue_edge(given, f"{where}.name")
+        edge = match.edge
+        transport = self.get(t, "transport", where, str, "udp").strip().lower()
+        if transport not in TRANSPORTS:
+            raise self.error(f"{where}.transport", f"{transport!r}: expected udp, tcp or tls")
+        if "gateways" in t:
+            targets = self.items(t, "gateways", where, self.gateway)
+            if not targets:
+                raise self.error(f"{where}.gateways", "empty; omit the key for Twilio's list")
+            from_catalogue = False
+        else:
+            targets = tuple((str(ip), edge.port(transport)) for ip in edge.signalling_ips)
+            from_catalogue = True
+        weights = self.weights(t, where, len(targets))
+        gateways = tuple(
+            GatewayConfig(host, port, transport, w)
+            for (host, port), w in zip(targets, weights, strict=True)
+        )
+        for j, gw in enumerate(gateways):
+            self.check_target(gw, edge.name, f"{where}.gateways[{j}]", outside.allow_public)
+        try:
+            domain = load_catalogue().localized_domain(outside.domain, edge.name)
+        except CatalogueError as exc:
+            raise self.error("outside.domain", exc.reason) from exc
+        return EdgeConfig(edge.name, edge.region, transport, gateways, domain, from_catalogue)
+
+    def catalogue_edge(self, name: str, key: str) -> EdgeMatch:
+        """The one call into the Twilio catalogue for edge names (legacy ids warn)."""
+        try:
+            match = load_catalogue().edge(name)
+        except CatalogueError as exc:
+            raise self.error(key, exc.reason) from exc
+        if match.warning is not None:
+            self.warn(key, match.warning)
+        return match
+
+    def weights(self, t: Mapping[str, Any], where: str, n: int) -> tuple[int, ...]:
+        if "weights" not in t:
+            return (1,) * n
+        weights = self.get(t, "weights", where, list)
+        if len(weights) != n:
+            raise self.error(f"{where}.weights", f"{len(weights)} weights for {n} gateways")
+        for j, w in enumerate(weights):
+            if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+                raise self.error(f"{where}.weights[{j}]", f"expected an integer ≥ 1, got {w!r}")
+        return tuple(weights)
+
+    def check_target(self, gw: GatewayConfig, edge: str, key: str, allow_public: bool) -> None:
+        catalogue = load_catalogue()
+        kind = catalogue.classify_twilio_host(gw.host)
+        if kind == "public":
+            if not allow_public:
+                raise self.error(
+                    key,
+                    f"{gw.host!r} is a public Twilio address: calls would leave the private "
+                    "link (set outside.allow_public = true to permit it)",
+                )
+            self.warn(key, f"{gw.host!r} is a public Twilio address (allow_public = true)")
+        owner = catalogue.edge_for_ip(gw.host) if gw.is_ip else None
+        if owner is not None and owner.name != edge:
+            # The Request-URI host follows the edge, so a gateway of another edge would
+            # get calls addressed to the wrong localized domain.
+            self.warn(key, f"{gw.host} is a gateway of {owner.name}, listed under {edge}")
+
+    def inbound(self, doc: Mapping[str, Any]) -> InboundConfig:
+        t = self.table(doc, "inbound", "inbound", ("strip_edge_params", "reject_unknown"))
+        strip = self.get(t, "strip_edge_params", "inbound", bool, False)
+        reject = t.get("reject_unknown", "drop")
+        reject = str(reject) if isinstance(reject, int | str) and reject is not True else reject
+        if reject not in ("drop", "403"):
+            raise self.error("inbound.reject_unknown", f"{reject!r}: expected 'drop' or '403'")
+        return InboundConfig(strip, "drop" if reject == "drop" else "403")
+
+    def tls(self, doc: Mapping[str, Any]) -> TlsConfig:
+        t = self.table(doc, "tls", "tls", ("cafile", "certfile", "keyfile"))
+        files = {k: self.file(t[k], f"tls.{k}") if k in t else None for k in t}
+        return TlsConfig(files.get("cafile"), files.get("certfile"), files.get("keyfile"))
+
+    def check_tls(self, config: Config) -> None:
+        """TLS anywhere needs a CA bundle; a TLS listener also needs a certificate."""
+        if not config.uses_tls:
+            return
+        tls = config.tls
+        if tls.cafile is None:
+            raise self.error("tls.cafile", "TLS is used but no CA file is configured")
+        listens = any(e.transport == "tls" for e in config.listen)
+        if listens and tls.certfile is None:
+            raise self.error("tls.certfile", "a tls: listener needs a certificate")
+        for key in ("cafile", "certfile", "keyfile"):
+            value = getattr(tls, key)
+            if value is not None and not Path(value).is_file():
+                raise self.error(f"tls.{key}", f"{value}: no such file")
+
+    def timers(self, doc: Mapping[str, Any]) -> Timers:
+        t = self.table(doc, "timers", "timers", ("t1_s", "t2_s", "t4_s"))
+        t1 = self.positive(t, "t1_s", "timers", 0.5)
+        t2 = self.positive(t, "t2_s", "timers", 4.0)
+        t4 = self.positive(t, "t4_s", "timers", 5.0)
+        if t2 < t1:
+            raise self.error("timers.t2_s", f"{t2} is smaller than t1_s ({t1})")
+        return Timers(t1=t1, t2=t2, t4=t4)
+
+    def probe(self, doc: Mapping[str, Any], edges: tuple[EdgeConfig, ...]) -> ProbeConfig:
+        keys = (
+            "interval_up_s",
+            "interval_down_s",
+            "timeout_s",
+            "down_after",
+            "up_after",
+            "healthy_codes",
+            "jitter_fraction",
+            "retry_after_max_s",
+        )
+        t = self.table(doc, "probe", "probe", keys)
+        d = ProbeConfig()
+        codes: frozenset[int] = frozenset()
+        for part in self.items(t, "healthy_codes", "probe", self.status_class, ["2xx"]):
+            codes |= part
+        if not codes:
+            raise self.error("probe.healthy_codes", "at least one code is required")
+        jitter = self.get(t, "jitter_fraction", "probe", float, d.jitter_fraction)
+        if not 0 <= jitter <= 0.5:
+            raise self.error("probe.jitter_fraction", f"{jitter}: expected 0–0.5")
+        probe = ProbeConfig(
+            interval_up_s=self.positive(t, "interval_up_s", "probe", d.interval_up_s),
+            interval_down_s=self.positive(t, "interval_down_s", "probe", d.interval_down_s),
+            timeout_s=self.positive(t, "timeout_s", "probe", d.timeout_s),
+            down_after=self.count(t, "down_after", "probe", d.down_after),
+            up_after=self.count(t, "up_after", "probe", d.up_after),
+            healthy_codes=codes,
+            jitter_fraction=jitter,
+            retry_after_max_s=self.positive(t, "retry_after_max_s", "probe", d.retry_after_max_s),
+        )
+        fastest = min(probe.interval_up_s, probe.interval_down_s)
+        if probe.timeout_s > fastest:
+            self.warn("probe.timeout_s", f"{probe.timeout_s} s exceeds a probe interval")
+        catalogue = load_catalogue()
+        reaches_twilio = any(
+            catalogue.classify_twilio_host(gw.host) != "other" for e in edges for gw in e.gateways
+        )
+        # Steady state only: a DOWN gateway is probed faster on purpose (issue 4 default 5 s).
+        if reaches_twilio and probe.interval_up_s < _TWILIO_MIN_PROBE_INTERVAL_S:
+            self.warn(
+                "probe.interval_up_s",
+                f"probing Twilio every {probe.interval_up_s:g} s; Twilio asks for at most one "
+                "ping per 10–15 s per gateway",
+            )
+        return probe
+
+    def failover(self, doc: Mapping[str, Any]) -> FailoverConfig:
+        t = self.table(doc, "failover", "failover", ("no_provisional_timeout_s", "codes"))
+        d = FailoverConfig()
+        timeout = self.positive(t, "no_provisional_timeout_s", "failover", 4.0)
+        codes = self.items(t, "codes", "failover", self.failover_code, sorted(d.codes))
+        return FailoverConfig(timeout, frozenset(codes))
+
+    def admin(self, doc: Mapping[str, Any]) -> AdminConfig:
+        t = self.table(doc, "admin", "admin", ("listen",))
+        if "listen" not in t:
+            return AdminConfig()
+        text = self.string(t["listen"], "admin.listen")
+        host, port = self.hostport(text, "admin.listen", None, allow_zero=True)
+        if not _is_ip(host):
+            raise self.error("admin.listen", f"{text!r}: needs an IP address, not a name")
+        return AdminConfig(Endpoint("tcp", host, port))
+
+    def log(self, doc: Mapping[str, Any]) -> LogConfig:
+        t = self.table(doc, "log", "log", ("level",))
+        level = self.get(t, "level", "log", str, "info").strip().lower()
+        if level not in _LOG_LEVELS:
+            raise self.error("log.level", f"{level!r}: expected one of {', '.join(_LOG_LEVELS)}")
+        return LogConfig(level)
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", bool: "true or false", int: "an integer", float: "a number"}.get(
+        kind, "a list" if kind is list else kind.__name__
+    )
+
+
+def _split_hostport(text: str) -> tuple[str | None, str | None]:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 literal."""
+    text = text.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None, None
+        host, rest = text[1:end], text[end + 1 :]
+        if not _is_ip(host) or ":" not in host:
+            return None, None
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            return None, None
+        return host, rest[1:]
+    if text.count(":") > 1:  # a bare IPv6 literal cannot carry a port
+        return (text, None) if _is_ip(text) else (None, None)
+    host, sep, port = text.partition(":")
+    if not host:
+        return None, None
+    return host.lower() if not _is_ip(host) else host, port if sep else None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_label(text: str) -> bool:
+    return (
+        0 < len(text) <= 63 and set(text) <= _LDH and not text.startswith("-") and text[-1] != "-"
+    )
+
+
+def _is_dns_name(text: str) -> bool:
+    name = text.lower().rstrip(".")
+    labels = name.split(".")
+    # All-numeric final labels are IPs gone wrong (256.1.1.1), not names.
+    return (
+        0 < len(name) <= 253
+        and all(_is_label(label) for label in labels)
+        and not labels[-1].isdigit()
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Summary for `sipedge check`
+
+
+def summary(config: Config) -> str:
+    """What ``sipedge check`` prints: listeners, domain, edges, probing, warnings.
+
+    Args:
+        config: a validated configuration.
+
+    Returns:
+        Multi-line text (no trailing newline).
+    """
+    lines = [f"config {config.path}: OK"]
+    lines.append("inside:  " + ", ".join(map(str, config.inside.listen)))
+    allow = ", ".join(map(str, config.inside.allow)) or "(nobody)"
+    lines.append(f"  allow  {allow}")
+    lines.append(f"  pbx    {config.inside.pbx}")
+    lines.append("outside: " + ", ".join(map(str, config.outside.listen)))
+    public = " (public targets allowed)" if config.outside.allow_public else ""
+    lines.append(f"  domain {config.outside.domain}{public}")
+    for priority, edge in enumerate(config.edges, 1):
+        source = "Twilio catalogue" if edge.from_catalogue else "config"
+        lines.append(
+            f"edge {priority}: {edge.name} ({edge.region}) over {edge.transport}, "
+            f"R-URI host {edge.localized_domain}, gateways from {source}:"
+        )
+        for gw in edge.gateways:
+            weight = f" weight {gw.weight}" if gw.weight != 1 else ""
+            dns = "" if gw.is_ip else " (DNS, RFC 3263)"
+            lines.append(f"  {gw.endpoint}{weight}{dns}")
+    p = config.probe
+    lines.append(
+        f"probe: every {p.interval_up_s:g} s up / {p.interval_down_s:g} s down "
+        f"(±{p.jitter_fraction:.0%}), timeout {p.timeout_s:g} s, down after {p.down_after}, "
+        f"up after {p.up_after}, healthy {_codes_text(p.healthy_codes)}, "
+        f"Retry-After capped at {p.retry_after_max_s:g} s"
+    )
+    f = config.failover
+    lines.append(
+        f"failover: no provisional within {f.no_provisional_timeout_s:g} s, "
+        f"or final {_codes_text(f.codes)}"
+    )
+    t = config.timers
+    lines.append(f"timers: T1 {t.t1:g} s, T2 {t.t2:g} s, T4 {t.t4:g} s")
+    rejects = "dropped" if config.inbound.reject_unknown == "drop" else "answered 403"
+    strip = ", edge/tnx stripped" if config.inbound.strip_edge_params else ""
+    lines.append(f"inbound: unknown sources {rejects}{strip}")
+    if config.uses_tls:
+        lines.append(f"tls: CA {config.tls.cafile}, certificate {config.tls.certfile or '-'}")
+    admin = str(config.admin.listen.hostport) if config.admin.listen else "off"
+    lines.append(f"admin: {admin}")
+    lines.append(f"log: {config.log.level}")
+    lines.extend(f"warning: {w}" for w in config.warnings)
+    return "\n".join(lines)
+
+
+def _codes_text(codes: frozenset[int]) -> str:
+    """``2xx, 404`` rather than a hundred numbers."""
+    parts: list[str] = []
+    remaining = set(codes)
+    for klass in range(1, 7):
+        block = set(range(klass * 100, klass * 100 + 100))
+        if block <= remaining:
+            parts.append(f"{klass}xx")
+            remaining -= block
+    parts.extend(str(c) for c in sorted(remaining))
+    return ", ".join(sorted(parts, key=lambda s: s.replace("xx", "00")))

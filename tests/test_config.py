@@ -1,0 +1,468 @@
+"""Config loading: the shipped files load; every kind of mistake is `FILE: key: reason`."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+import trustme
+
+from sipedge.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_config,
+    summary,
+)
+from sipedge.sip.address import Endpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB = ROOT / "conf" / "lab.toml"
+EXAMPLE = ROOT / "conf" / "sipedge.toml"
+
+BASE = """
+[inside]
+listen = ["udp:127.0.0.1:5080"]
+allow = ["127.0.0.1/32"]
+pbx = "127.0.0.10:5060"
+
+[outside]
+listen = ["udp:127.0.0.3:5060"]
+domain = "example"
+{outside_extra}
+
+[[edges]]
+name = "{edge}"
+{edge_extra}
+{rest}
+"""
+
+
+def cfg(
+    *,
+    edge: str = "ashburn-ix",
+    edge_extra: str = 'gateways = ["127.0.0.64"]',
+    outside_extra: str = "",
+    rest: str = "",
+    replace: tuple[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    text = BASE.format(edge=edge, edge_extra=edge_extra, outside_extra=outside_extra, rest=rest)
+    if replace is not None:
+        assert replace[0] in text
+        text = text.replace(*replace)
+    return parse_config(text, "test.toml", base_dir=base_dir)
+
+
+def error(**kwargs: object) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        cfg(**kwargs)  # type: ignore[arg-type]
+    return info.value
+
+
+# -- the shipped files ---------------------------------------------------------------------
+
+
+def test_lab_config_loads_as_the_issue_describes() -> None:
+    c = load_config(LAB)
+    assert c.inside.listen == (
+        Endpoint("udp", "127.0.0.1", 5080),
+        Endpoint("tcp", "127.0.0.1", 5080),
+    )
+    assert c.inside.allow == (ipaddress.ip_network("127.0.0.1/32"),)
+    assert c.inside.pbx == Endpoint("udp", "127.0.0.10", 5060)
+    assert c.outside.listen == (
+        Endpoint("udp", "127.0.0.3", 5060),
+        Endpoint("tcp", "127.0.0.3", 5060),
+    )
+    assert c.outside.domain == "example"
+    assert [e.name for e in c.edges] == ["ashburn-ix", "san-jose-ix"]
+    assert [g.endpoint for g in c.edges[0].gateways] == [
+        Endpoint("udp", f"127.0.0.{i}", 5060) for i in (64, 65, 66)
+    ]
+    assert [g.host for g in c.edges[1].gateways] == [f"127.0.1.{i}" for i in (64, 65, 66)]
+    assert c.edges[1].localized_domain == "example.sip.san-jose-ix.twilio.com"
+    assert c.probe.interval_up_s < 15 and c.probe.timeout_s <= c.probe.interval_down_s
+    assert c.admin.listen == Endpoint("tcp", "127.0.0.1", 9091)
+    assert c.warnings == ()
+    # Every address of the lab is loopback: nothing here can reach Twilio.
+    for ep in c.listen + tuple(g.endpoint for e in c.edges for g in e.gateways):
+        assert ipaddress.ip_address(ep.host).is_loopback
+
+
+def test_example_config_loads_with_catalogue_gateways_and_defaults() -> None:
+    c = load_config(EXAMPLE)
+    ashburn, san_jose = c.edges
+    assert ashburn.from_catalogue and san_jose.from_catalogue
+    assert [g.endpoint for g in ashburn.gateways] == [
+        Endpoint("udp", f"208.78.112.{i}", 5060) for i in (64, 65, 66)
+    ]
+    assert ashburn.localized_domain == "example.sip.ashburn-ix.twilio.com"
+    assert c.probe.interval_up_s == 15 and c.probe.interval_down_s == 5
+    assert c.probe.timeout_s == 2 and c.probe.down_after == 3 and c.probe.up_after == 2
+    assert c.probe.healthy_codes == frozenset(range(200, 300))
+    assert c.failover.no_provisional_timeout_s == 4
+    assert c.failover.codes == {408, 500, 503, 504}
+    assert (c.timers.t1, c.timers.t2, c.timers.t4) == (0.5, 4.0, 5.0)
+    assert c.inbound.reject_unknown == "drop" and not c.inbound.strip_edge_params
+    assert c.warnings == ()
+
+
+def test_example_config_sets_every_default_explicitly() -> None:
+    """conf/sipedge.toml documents every key: its values equal the built-in defaults."""
+    example = load_config(EXAMPLE)
+    minimal = parse_config(
+        '[inside]\nlisten=["udp:10.0.0.2:5060"]\npbx="10.0.0.10"\n'
+        '[outside]\nlisten=["udp:172.16.0.2:5060"]\ndomain="example"\n'
+        '[[edges]]\nname="ashburn-ix"\n'
+    )
+    for section in ("probe", "failover", "timers", "inbound", "log"):
+        assert getattr(example, section) == getattr(minimal, section), section
+    assert minimal.admin.listen is None  # admin is off unless configured
+
+
+def test_summary_names_listeners_edges_domains_and_warnings() -> None:
+    text = summary(cfg(edge="us1-ix"))
+    assert "udp:127.0.0.1:5080" in text and "udp:127.0.0.3:5060" in text
+    assert "ashburn-ix (Virginia)" in text
+    assert "example.sip.ashburn-ix.twilio.com" in text
+    assert "udp:127.0.0.64:5060" in text
+    assert "probe: every 15 s up / 5 s down" in text
+    assert "failover: no provisional within 4 s, or final 408, 500, 503, 504" in text
+    assert "warning: edges[0].name:" in text and "legacy" in text
+
+
+def test_sni_map_gives_the_localized_domain_per_gateway() -> None:
+    c = load_config(LAB)
+    assert c.sni_map()[Endpoint("udp", "127.0.1.65", 5060)] == "example.sip.san-jose-ix.twilio.com"
+
+
+# -- errors: FILE: key: reason ---------------------------------------------------------------
+
+
+def test_error_text_is_file_key_reason() -> None:
+    err = ConfigError("/etc/sipedge/sipedge.toml", "inside.allow[0]", "not a CIDR")
+    assert str(err) == "/etc/sipedge/sipedge.toml: inside.allow[0]: not a CIDR"
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.toml")
+    assert str(info.value).startswith(f"{tmp_path / 'nope.toml'}: (file): cannot read")
+
+
+def test_toml_syntax_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("[inside\n", "bad.toml")
+    assert str(info.value).startswith("bad.toml: (syntax): ")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"rest": "colour = 1"}, "edges[0].colour"),
+        ({"rest": "[tracing]\nx = 1"}, "tracing"),
+        ({"outside_extra": "domian = 'x'"}, "outside.domian"),
+        ({"rest": "[probe]\ninterval_s = 3"}, "probe.interval_s"),
+        ({"rest": "[failover]\ntimeout_s = 3"}, "failover.timeout_s"),
+        ({"edge_extra": 'gateways = ["127.0.0.64"]\nweight = [1]'}, "edges[0].weight"),
+    ],
+)
+def test_unknown_key_refused_at_every_level(kwargs: dict[str, str], key: str) -> None:
+    err = error(**kwargs)
+    assert err.key == key
+    assert "unknown key" in err.reason
+    assert str(err).startswith(f"test.toml: {key}: unknown key")
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.1/24", "10.0.0.0/33", "not-a-net", "::1/129"])
+def test_bad_cidr_refused(cidr: str) -> None:
+    err = error(replace=('allow = ["127.0.0.1/32"]', f'allow = ["127.0.0.1/32", "{cidr}"]'))
+    assert err.key == "inside.allow[1]"
+    assert cidr in err.reason
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "127.0.0.1:5080",  # no transport
+        "sctp:127.0.0.1:5080",
+        "udp:127.0.0.1:65536",
+        "udp:127.0.0.1:http",
+        "udp:localhost:5080",  # a listener needs an IP
+        "udp:[::1",
+        "udp:999.1.1.1:5060",
+    ],
+)
+def test_bad_listen_refused(listen: str) -> None:
+    err = error(replace=('listen = ["udp:127.0.0.1:5080"]', f'listen = ["{listen}"]'))
+    assert err.key == "inside.listen[0]"
+
+
+def test_listen_forms_accepted() -> None:
+    c = cfg(
+        replace=('listen = ["udp:127.0.0.1:5080"]', 'listen = ["udp:[::1]:5080", "TCP:127.0.0.1"]')
+    )
+    assert c.inside.listen == (Endpoint("udp", "::1", 5080), Endpoint("tcp", "127.0.0.1", 5060))
+
+
+def test_duplicate_listen_refused() -> None:
+    err = error(
+        replace=(
+            'listen = ["udp:127.0.0.1:5080"]',
+            'listen = ["udp:127.0.0.1:5080", "udp:127.0.0.1:5080"]',
+        )
+    )
+    assert (err.key, err.reason) == ("inside.listen", "duplicate entries")
+
+
+@pytest.mark.parametrize(
+    ("pbx", "expected"),
+    [
+        ("127.0.0.10", Endpoint("udp", "127.0.0.10", 5060)),
+        ("127.0.0.10:5070;transport=tcp", Endpoint("tcp", "127.0.0.10", 5070)),
+        ("pbx.example.com;transport=TLS", Endpoint("tls", "pbx.example.com", 5061)),
+        ("[2001:db8::10]:5062", Endpoint("udp", "2001:db8::10", 5062)),
+    ],
+)
+def test_pbx_forms(pbx: str, expected: Endpoint, tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    rest = '[tls]\ncafile = "ca.pem"' if expected.transport == "tls" else ""
+    c = cfg(replace=('pbx = "127.0.0.10:5060"', f'pbx = "{pbx}"'), rest=rest, base_dir=tmp_path)
+    assert c.inside.pbx == expected
+
+
+@pytest.mark.parametrize(
+    "pbx", ["127.0.0.10:0", "127.0.0.10;lr", "bad_host!", "127.0.0.10;transport=sctp"]
+)
+def test_bad_pbx_refused(pbx: str) -> None:
+    assert error(replace=('pbx = "127.0.0.10:5060"', f'pbx = "{pbx}"')).key == "inside.pbx"
+
+
+def test_unknown_edge_refused() -> None:
+    err = error(edge="mars-ix")
+    assert err.key == "edges[0].name"
+    assert "unknown edge" in err.reason
+    assert str(err).startswith("test.toml: edges[0].name: unknown edge 'mars-ix'")
+
+
+@pytest.mark.parametrize("edge", ["roaming", "gll-ix"])
+def test_media_only_edge_refused(edge: str) -> None:
+    err = error(edge=edge)
+    assert err.key == "edges[0].name" and "media-only" in err.reason
+
+
+def test_public_edge_name_refused() -> None:
+    err = error(edge="ashburn")
+    assert err.key == "edges[0].name" and "public" in err.reason
+
+
+def test_legacy_edge_id_normalised_with_warning() -> None:
+    c = cfg(edge="us1-ix", edge_extra="")
+    assert c.edges[0].name == "ashburn-ix"
+    assert c.edges[0].localized_domain == "example.sip.ashburn-ix.twilio.com"
+    assert c.edges[0].from_catalogue
+    assert len(c.warnings) == 1
+    assert c.warnings[0].startswith("edges[0].name: ") and "us1-ix" in c.warnings[0]
+
+
+def test_duplicate_edge_after_normalisation_refused() -> None:
+    err = error(rest='[[edges]]\nname = "us1-ix"')
+    assert err.key == "edges[1].name" and "twice" in err.reason
+
+
+def test_edge_gateways_omitted_uses_catalogue_with_transport_port(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    c = cfg(
+        edge="san-jose-ix",
+        edge_extra='transport = "tls"',
+        rest='[tls]\ncafile = "ca.pem"',
+        base_dir=tmp_path,
+    )
+    assert [g.endpoint for g in c.edges[0].gateways] == [
+        Endpoint("tls", f"67.213.136.{i}", 5061) for i in (64, 65, 66)
+    ]
+    assert c.tls.cafile == str(tmp_path / "ca.pem")
+    assert c.sni_map()[Endpoint("tls", "67.213.136.64", 5061)] == (
+        "example.sip.san-jose-ix.twilio.com"
+    )
+
+
+def test_gateway_forms_and_weights() -> None:
+    c = cfg(
+        edge_extra=(
+            'gateways = ["127.0.0.64", "127.0.0.65:5070", "[::1]:5080", "gw.lab.test"]\n'
+            "weights = [2, 1, 1, 1]"
+        )
+    )
+    gws = c.edges[0].gateways
+    assert [(g.host, g.port, g.weight) for g in gws] == [
+        ("127.0.0.64", None, 2),
+        ("127.0.0.65", 5070, 1),
+        ("::1", 5080, 1),
+        ("gw.lab.test", None, 1),
+    ]
+    assert gws[0].endpoint == Endpoint("udp", "127.0.0.64", 5060)
+    assert not gws[3].is_ip and gws[2].is_ip
+
+
+@pytest.mark.parametrize(
+    ("edge_extra", "key"),
+    [
+        ('gateways = ["127.0.0.64:99999"]', "edges[0].gateways[0]"),
+        ('gateways = ["not a host"]', "edges[0].gateways[0]"),
+        ("gateways = []", "edges[0].gateways"),
+        ('gateways = ["127.0.0.64", "127.0.0.64"]', "edges[0].gateways"),
+        ('gateways = ["127.0.0.64"]\nweights = [1, 2]', "edges[0].weights"),
+        ('gateways = ["127.0.0.64"]\nweights = [0]', "edges[0].weights[0]"),
+        ('gateways = ["127.0.0.64"]\ntransport = "sctp"', "edges[0].transport"),
+        ('gateways = "127.0.0.64"', "edges[0].gateways"),
+    ],
+)
+def test_bad_edge_entries_refused(edge_extra: str, key: str) -> None:
+    assert error(edge_extra=edge_extra).key == key
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["example.sip.twilio.com", "example.sip.de1.twilio.com", "example.sip.gll-ix.twilio.com"],
+)
+def test_public_twilio_gateway_refused_unless_allow_public(host: str) -> None:
+    err = error(edge_extra=f'gateways = ["{host}"]')
+    assert err.key == "edges[0].gateways[0]"
+    assert "public" in err.reason and "allow_public" in err.reason
+    c = cfg(edge_extra=f'gateways = ["{host}"]', outside_extra="allow_public = true")
+    assert c.edges[0].gateways[0].host == host
+    assert any("public" in w for w in c.warnings)
+
+
+def test_interconnect_gateway_name_accepted() -> None:
+    c = cfg(edge_extra='gateways = ["example.sip.ashburn-ix.twilio.com"]')
+    assert c.warnings == ()
+
+
+def test_gateway_of_another_edge_warns() -> None:
+    c = cfg(edge_extra='gateways = ["67.213.136.64"]\n', rest="[probe]\ninterval_up_s = 15")
+    assert any("san-jose-ix" in w for w in c.warnings)
+
+
+@pytest.mark.parametrize("domain", ["example.com", "ex_ample", "-x", "", "x.sip.de1.twilio.com"])
+def test_domain_must_be_one_dns_label(domain: str) -> None:
+    err = error(replace=('domain = "example"', f'domain = "{domain}"'))
+    assert err.key == "outside.domain"
+
+
+def test_full_twilio_domain_reduced_with_warning() -> None:
+    c = cfg(replace=('domain = "example"', 'domain = "Example.sip.twilio.com"'))
+    assert c.outside.domain == "example"
+    assert c.warnings and c.warnings[0].startswith("outside.domain:")
+
+
+def test_tls_edge_without_cafile_refused() -> None:
+    err = error(edge_extra='gateways = ["127.0.0.64"]\ntransport = "tls"')
+    assert (err.key, str(err)) == (
+        "tls.cafile",
+        "test.toml: tls.cafile: TLS is used but no CA file is configured",
+    )
+
+
+def test_tls_listener_without_cafile_refused() -> None:
+    err = error(replace=('listen = ["udp:127.0.0.3:5060"]', 'listen = ["tls:127.0.0.3:5061"]'))
+    assert err.key == "tls.cafile"
+
+
+def test_tls_listener_needs_certificate_files(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    listen = ('listen = ["udp:127.0.0.3:5060"]', 'listen = ["tls:127.0.0.3:5061"]')
+    err = error(replace=listen, rest='[tls]\ncafile = "ca.pem"', base_dir=tmp_path)
+    assert err.key == "tls.certfile"
+    err = error(
+        replace=listen,
+        rest='[tls]\ncafile = "ca.pem"\ncertfile = "missing.pem"',
+        base_dir=tmp_path,
+    )
+    assert err.key == "tls.certfile" and "no such file" in err.reason
+    cert = ca.issue_cert("sipedge.lab.test")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "me.pem"))
+    c = cfg(replace=listen, rest='[tls]\ncafile = "ca.pem"\ncertfile = "me.pem"', base_dir=tmp_path)
+    assert c.uses_tls and c.tls.certfile == str(tmp_path / "me.pem")
+
+
+def test_tls_section_unused_is_accepted_without_files() -> None:
+    c = cfg(rest='[tls]\ncafile = "/nonexistent/ca.pem"')
+    assert not c.uses_tls
+
+
+@pytest.mark.parametrize(
+    ("rest", "key"),
+    [
+        ("[probe]\ninterval_up_s = 0", "probe.interval_up_s"),
+        ("[probe]\ntimeout_s = -1", "probe.timeout_s"),
+        ("[probe]\ndown_after = 0", "probe.down_after"),
+        ("[probe]\nup_after = true", "probe.up_after"),
+        ("[probe]\nup_after = 1.5", "probe.up_after"),
+        ('[probe]\nhealthy_codes = ["7xx"]', "probe.healthy_codes[0]"),
+        ("[probe]\nhealthy_codes = []", "probe.healthy_codes"),
+        ("[probe]\njitter_fraction = 0.9", "probe.jitter_fraction"),
+        ("[failover]\ncodes = [200]", "failover.codes[0]"),
+        ("[failover]\ncodes = ['503']", "failover.codes[0]"),
+        ("[failover]\nno_provisional_timeout_s = 0", "failover.no_provisional_timeout_s"),
+        ("[timers]\nt1_s = 5\nt2_s = 4", "timers.t2_s"),
+        ("[timers]\nt4_s = 'five'", "timers.t4_s"),
+        ('[admin]\nlisten = "localhost:9091"', "admin.listen"),
+        ('[admin]\nlisten = "127.0.0.1:70000"', "admin.listen"),
+        ('[log]\nlevel = "loud"', "log.level"),
+        ('[inbound]\nreject_unknown = "404"', "inbound.reject_unknown"),
+        ('[inbound]\nstrip_edge_params = "yes"', "inbound.strip_edge_params"),
+    ],
+)
+def test_bad_values_refused(rest: str, key: str) -> None:
+    err = error(rest=rest)
+    assert err.key == key
+    assert str(err).startswith(f"test.toml: {key}: ")
+
+
+def test_section_that_is_not_a_table_refused() -> None:
+    err = error(replace=("[inside]", "inbound = 3\n[inside]"))
+    assert (err.key, err.reason) == ("inbound", "expected a table")
+
+
+def test_probe_failover_and_inbound_values_parsed() -> None:
+    c = cfg(
+        rest=(
+            '[probe]\nhealthy_codes = ["2xx", 404, "405"]\ninterval_up_s = 20\n'
+            "[failover]\ncodes = [503]\nno_provisional_timeout_s = 2.5\n"
+            "[inbound]\nreject_unknown = 403\nstrip_edge_params = true\n"
+            '[log]\nlevel = "DEBUG"'
+        )
+    )
+    assert c.probe.healthy_codes == frozenset(range(200, 300)) | {404, 405}
+    assert c.probe.interval_up_s == 20.0
+    assert c.failover.codes == {503} and c.failover.no_provisional_timeout_s == 2.5
+    assert c.inbound.reject_unknown == "403" and c.inbound.strip_edge_params
+    assert c.log.level == "debug"
+    assert "healthy 2xx, 404, 405" in summary(c)
+
+
+def test_fast_probing_of_twilio_warns() -> None:
+    c = cfg(edge_extra="", rest="[probe]\ninterval_up_s = 2")
+    assert any(w.startswith("probe.interval_up_s:") for w in c.warnings)
+    assert not cfg(rest="[probe]\ninterval_up_s = 2").warnings  # loopback gateways: fine
+
+
+@pytest.mark.parametrize("section", ["inside", "outside", "edges"])
+def test_required_sections(section: str) -> None:
+    text = BASE.format(edge="ashburn-ix", edge_extra="", outside_extra="", rest="")
+    start = text.index(f"[{section}]") if section != "edges" else text.index("[[edges]]")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text[:start], "t.toml")
+    assert info.value.key in (section, "edges")
+
+
+def test_config_is_frozen_and_reload_is_a_new_value() -> None:
+    a, b = load_config(LAB), load_config(LAB)
+    assert a == b and a is not b
+    with pytest.raises(AttributeError):
+        a.inside = b.inside  # type: ignore[misc]
