@@ -256,17 +256,17 @@ class ProbeTarget(Protocol):
 
 
 class ProbeRequest(NamedTuple):
-    """An OPTIONS probe ready to send, with the ids the core keys its transaction on.
+    """An OPTIONS probe ready to send, with the id the core keys its transaction on.
+
+    A 2-tuple on purpose: ``data, branch = build_probe(...)``.
 
     Attributes:
         data: the request bytes.
         branch: the Via branch (RFC 3261 §17.1.3 transaction key, with the method).
-        call_id: the Call-ID.
     """
 
     data: bytes
     branch: bytes
-    call_id: bytes
 
 
 def build_probe(
@@ -299,7 +299,7 @@ def build_probe(
         user_agent: the User-Agent value, or None to omit it.
 
     Returns:
-        The bytes (``Content-Length: 0``), branch and Call-ID.
+        The bytes (``Content-Length: 0``) and the branch.
 
     Raises:
         ValueError: ``nonce``/``instance`` has non-token characters, or ``nonce`` is empty or
@@ -335,4 +335,4 @@ def build_probe(
     if user_agent is not None:
         lines.append(b"User-Agent: " + user_agent)
     lines.append(b"Content-Length: 0")
-    return ProbeRequest(b"\r\n".join(lines) + b"\r\n\r\n", branch, call_id)
+    return ProbeRequest(b"\r\n".join(lines) + b"\r\n\r\n", branch)
