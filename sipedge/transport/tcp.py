@@ -114,9 +114,11 @@ class StreamConnection(asyncio.Protocol):
             self._fail()
             return
         pings = framer.pings
-        if pings and self._transport is not None:
-            # RFC 5626 §4.4.1: each double-CRLF ping gets one single-CRLF pong.
-            self._transport.write(_PONG * pings)
+        if pings:
+            framer.pings = 0  # the framer counts since the caller last reset it
+            if self._transport is not None:
+                # RFC 5626 §4.4.1: each double-CRLF ping gets one single-CRLF pong.
+                self._transport.write(_PONG * pings)
 
     def eof_received(self) -> bool | None:
         return None  # half-closed is useless to SIP: let asyncio close our side

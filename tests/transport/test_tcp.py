@@ -8,6 +8,8 @@ import socket
 import struct
 from typing import cast
 
+import pytest
+
 from sipedge.sip.address import Endpoint
 from sipedge.transport import StreamSettings, Transports
 from tests.transport.conftest import (
@@ -73,6 +75,14 @@ async def test_tcp_double_crlf_ping_answered_with_single_crlf() -> None:
         reader, writer, _ = await _client(local)
         writer.write(b"\r\n\r\n")  # RFC 5626 §4.4.1 ping
         assert await asyncio.wait_for(reader.readexactly(2), 2) == b"\r\n"
+        # A second ping gets exactly one more pong; a request afterwards gets none.
+        writer.write(b"\r\n\r\n")
+        assert await asyncio.wait_for(reader.readexactly(2), 2) == b"\r\n"
+        writer.write(sip_request(1))
+        await until(lambda: t.connection_count == 1)
+        await asyncio.sleep(0.05)
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 2) == b""
         await _close(writer)
 
 
@@ -223,3 +233,16 @@ async def test_drain_flushes_then_closes() -> None:
         await a.drain(timeout_s=1.0)
         await until(lambda: len(sink_b.messages) == 2)
         assert a.connection_count == 0
+
+
+def test_tcp_reuse_and_ping_under_uvloop() -> None:
+    """The same behaviour on uvloop's transports (the production loop on Linux)."""
+    pytest.importorskip("uvloop")
+    from sipedge.transport import run
+
+    async def scenario() -> None:
+        await test_tcp_outbound_connection_reused_and_bound_to_local_host()
+        await test_tcp_double_crlf_ping_answered_with_single_crlf()
+        await test_tcp_reset_reports_transport_error()
+
+    run(scenario())
