@@ -1,0 +1,936 @@
+"""ProxyCore: the transaction-stateful, dialog-stateless SIP proxy of the edge (sans-I/O).
+
+Theory of operation (after aioquic's ``QuicConnection``):
+
+* Inputs: ``receive(data, peer, local, now)`` for every datagram or framed stream message,
+  ``transport_error(dest, now)`` when the shell could not deliver to ``dest``,
+  ``handle_timer(now)`` when ``next_deadline()`` has passed, and the admin calls.
+* Outputs: ``drain_outbox()`` → ``Send`` records for the shell to put on the wire,
+  ``drain_events()`` → operator-visible facts, ``next_deadline()`` → when to call back.
+  The core never reads a clock, opens a socket or logs above DEBUG.
+
+A new request from the PBX gets a *server transaction* (RFC 3261 §17.2) and a
+``ProxyContext``. Each attempt to a gateway is a *branch*: a client transaction with its
+own branch id. Branches are tried one after another (serial forking, RFC 3261 §16.6,
+RFC 3263 §4.3): on a transport error, on no provisional reply within
+``no_provisional_timeout_s``, or on a final response in ``failover_codes``, the next
+candidate of the gateway pool gets a new branch. Never after a 2xx, never after the
+caller's CANCEL. In-dialog requests (To tag or Route left after popping ours) are routed
+from Route/Request-URI alone, so calls survive a restart (dialog-stateless).
+
+OPTIONS probes to every gateway are ordinary non-INVITE client transactions scheduled by
+``gateway.probe.ProbeSchedule``; their results feed ``gateway.pool.GatewayPool``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sipedge.gateway.health import Health
+from sipedge.gateway.pool import Gateway, GatewayPool
+from sipedge.gateway.probe import ProbeSchedule, Replied, SendFailed, TimedOut, build_probe
+from sipedge.proxy.events import (
+    CallFailedOver,
+    DeprecatedParameterSeen,
+    Event,
+    MessageDropped,
+    RequestRejected,
+)
+from sipedge.proxy.rewrite import (
+    BRANCH_PREFIX,
+    branch_for,
+    localize_request_uri,
+    loop_hash,
+    record_route_value,
+    strip_params,
+    via_value,
+)
+from sipedge.proxy.routing import Direction, Listeners, classify_source, uri_endpoint
+from sipedge.proxy.settings import ProxySettings, RejectUnknown
+from sipedge.proxy.stats import ProxyStats
+from sipedge.proxy.validation import validate_request
+from sipedge.sip.address import Endpoint
+from sipedge.sip.errors import ParseError, SipError
+from sipedge.sip.headers import parse_name_addr, parse_via
+from sipedge.sip.message import (
+    ForwardPlan,
+    Request,
+    Response,
+    build_ack,
+    build_cancel,
+    build_response,
+    forward_request,
+    parse,
+    strip_top_via,
+)
+from sipedge.sip.transaction import (
+    Action,
+    ClientTransaction,
+    PassRequest,
+    PassResponse,
+    SendRequest,
+    SendResponse,
+    ServerTransaction,
+    Terminated,
+    TimedOut as TxTimedOut,
+    TransportFailed,
+)
+from sipedge.sip.uri import Uri, parse_uri
+
+__all__ = ["ProxyCore", "Send"]
+
+log = logging.getLogger(__name__)
+
+#: Methods whose forwarded request carries our Record-Route (dialog-creating).
+_RECORD_ROUTE_METHODS = frozenset({b"INVITE", b"SUBSCRIBE", b"REFER", b"NOTIFY"})
+_EDGE_PARAMS = (b"edge", b"tnx")
+_TO_TAG_LEN = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """One message for the shell to send: ``data`` to ``dest`` from listener ``local``."""
+
+    data: bytes
+    dest: Endpoint
+    local: Endpoint
+
+
+@dataclass(slots=True)
+class _Branch:
+    """One attempt of a request toward one destination (a client transaction)."""
+
+    key: bytes
+    ctx: _Context
+    tx: ClientTransaction
+    request: bytes
+    dest: Endpoint
+    local: Endpoint
+    gateway: Gateway | None
+    sent_at: float
+    provisional: bool = False
+    final: int = 0
+    cancel_pending: bool = False
+    abandoned: bool = False  # superseded by failover; its responses no longer decide
+    is_cancel: bool = False  # our hop-by-hop CANCEL: its responses end here (§16.10)
+
+
+@dataclass(slots=True)
+class _Context:
+    """Proxy state of one incoming request: its server transaction and its branches."""
+
+    key: bytes
+    server: ServerTransaction
+    request: Request
+    peer: Endpoint
+    local: Endpoint
+    direction: Direction
+    branches: list[_Branch] = field(default_factory=list)
+    tried: set[str] = field(default_factory=set)
+    best: Response | None = None
+    any_timeout: bool = False
+    done: bool = False  # a final response went upstream
+    cancelled: bool = False
+    to_tag: bytes = b""
+
+
+@dataclass(slots=True)
+class _Probe:
+    gateway: Gateway
+    tx: ClientTransaction
+    sent_at: float
+    deadline: float
+
+
+def _response_dest(req: Request, peer: Endpoint) -> Endpoint:
+    """Where responses to ``req`` go (RFC 3261 §18.2.2, RFC 3581 rport).
+
+    Stream transports answer over the connection the request came in on (``peer``); UDP
+    answers to the source address, and to the Via port unless the client asked for rport.
+    """
+    if peer.is_reliable:
+        return peer
+    try:
+        via = req.top_via
+    except SipError:
+        return peer
+    if via.rport is not None or via.port is None:
+        return peer
+    return Endpoint(peer.transport, peer.host, via.port)
+
+
+class ProxyCore:
+    """The sans-I/O proxy. See the module docstring for the contract."""
+
+    def __init__(self, settings: ProxySettings, pool: GatewayPool, schedule: ProbeSchedule,
+                 *, instance: bytes = b"") -> None:
+        """Build a core.
+
+        Args:
+            settings: routing and timing settings.
+            pool: the gateways and their health.
+            schedule: the probe schedule (``start`` fills it with the pool's gateways).
+            instance: token unique per process run (drawn once by the shell), so probe
+                Call-IDs stay unique across restarts (RFC 3261 §8.1.1.4).
+        """
+        self.settings = settings
+        self.instance = instance
+        self.pool = pool
+        self.schedule = schedule
+        self.stats = ProxyStats()
+        self.listeners = Listeners(settings.inside, settings.outside)
+        self._gateway_hosts = frozenset(g.endpoint.host for g in pool.gateways())
+        self._outbox: list[Send] = []
+        self._events: list[Event] = []
+        self._contexts: dict[bytes, _Context] = {}
+        self._branches: dict[bytes, _Branch] = {}
+        self._branches_by_dest: dict[Endpoint, set[bytes]] = {}
+        self._probes: dict[bytes, _Probe] = {}
+        self._heap: list[tuple[float, int, bytes, bytes]] = []
+        self._seq = itertools.count()
+        self._tag_counter = itertools.count(1)
+        self._probe_counter = itertools.count(1)
+
+    def start(self, now: float) -> None:
+        """Schedule the first probe of every gateway (due at once)."""
+        self.schedule.sync([g.id for g in self.pool.gateways()], now)
+
+    # ------------------------------------------------------------------ outputs
+
+    def drain_outbox(self) -> list[Send]:
+        """Messages to send, in order; the list is handed over and reset."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def drain_events(self) -> list[Event]:
+        """Operator-visible facts since the last call."""
+        out, self._events = self._events, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time ``handle_timer`` must run, or None."""
+        heap = self._heap
+        due = heap[0][0] if heap else None
+        probe_due = self.schedule.next_deadline()
+        if probe_due is not None and (due is None or probe_due < due):
+            return probe_due
+        return due
+
+    # ------------------------------------------------------------------ inputs
+
+    def receive(self, data: bytes, peer: Endpoint, local: Endpoint, now: float) -> None:
+        """Handle one message that arrived from ``peer`` on listener ``local``."""
+        if len(data) > self.settings.max_message_bytes:
+            self.stats.parse_errors += 1
+            self._events.append(MessageDropped(peer, "message too large"))
+            return
+        try:
+            msg = parse(data)
+        except ParseError as exc:
+            self._parse_failed(data, exc, peer, local)
+            return
+        try:
+            if isinstance(msg, Response):
+                self.stats.responses_received += 1
+                self._on_response(msg, peer, now)
+            else:
+                self.stats.requests_received += 1
+                self._on_request(msg, peer, local, now)
+        except SipError as exc:
+            # A header we interpret lazily turned out malformed: same answer as a parse error.
+            status = exc.status if isinstance(exc, ParseError) else 400
+            self._parse_failed(data, ParseError(status, str(exc)), peer, local, msg)
+
+    def transport_error(self, dest: Endpoint, now: float) -> None:
+        """The shell could not deliver to ``dest`` (refused, reset, TLS failure)."""
+        self.stats.transport_errors += 1
+        for key in list(self._branches_by_dest.get(dest, ())):
+            branch = self._branches.get(key)
+            if branch is not None:
+                self._run_client(branch, branch.tx.transport_error(now), now)
+        for key, probe in list(self._probes.items()):
+            if probe.gateway.endpoint == dest:
+                del self._probes[key]
+                self._probe_result(probe.gateway, SendFailed("transport error"), now)
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every timer due at or before ``now``."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, kind, key = heapq.heappop(heap)
+            if kind == b"c":
+                branch = self._branches.get(key)
+                if branch is not None:
+                    self._branch_timer(branch, now)
+            elif kind == b"s":
+                ctx = self._contexts.get(key)
+                if ctx is not None:
+                    self._run_server(ctx, ctx.server.handle_timer(now), now)
+            elif kind == b"p":
+                probe = self._probes.get(key)
+                if probe is not None:
+                    self._probe_timer(key, probe, now)
+        for gateway_id in self.schedule.due(now):
+            self._send_probe(gateway_id, now)
+
+    # ------------------------------------------------------------------ admin
+
+    def drain_gateway(self, gateway_id: str, now: float) -> None:
+        """Take a gateway out of rotation (admin-down); calls in progress finish."""
+        self._events.extend(self.pool.drain(gateway_id, now))
+
+    def enable_gateway(self, gateway_id: str, now: float) -> None:
+        """Return a drained gateway to probing."""
+        self._events.extend(self.pool.enable(gateway_id, now))
+
+    def is_ready(self) -> bool:
+        """True when at least one gateway is UP (``/readyz``, local OPTIONS)."""
+        return self.pool.any_up()
+
+    # ------------------------------------------------------------------ parse errors
+
+    def _parse_failed(self, data: bytes, exc: ParseError, peer: Endpoint, local: Endpoint,
+                      msg: Request | Response | None = None) -> None:
+        self.stats.parse_errors += 1
+        if exc.status is None or isinstance(msg, Response) or data.startswith(b"SIP/"):
+            self._events.append(MessageDropped(peer, f"unparseable: {exc.reason}"))
+            return
+        if isinstance(msg, Request):
+            try:
+                reply = build_response(msg, exc.status, headers=exc.extra_headers,
+                                       to_tag=self._new_tag())
+            except SipError:
+                reply = None
+            if reply is not None:
+                self.stats.parse_errors_answered += 1
+                self._outbox.append(Send(reply, _response_dest(msg, peer), local))
+                self._events.append(RequestRejected(peer, exc.status, exc.reason))
+                return
+        # Without the mandatory headers no answer can be built (RFC 3261 §8.2.6 copies them).
+        self._events.append(MessageDropped(peer, f"unanswerable ({exc.status}): {exc.reason}"))
+
+    # ------------------------------------------------------------------ requests
+
+    def _on_request(self, req: Request, peer: Endpoint, local: Endpoint, now: float) -> None:
+        method = req.method
+        direction = classify_source(peer.host, self.settings.inside_allow, self._gateway_hosts)
+        if direction is Direction.UNKNOWN:
+            self._reject_stranger(req, peer, local)
+            return
+
+        key = self._server_key(req)
+        if method == b"ACK":
+            ctx = self._contexts.get(key)
+            if ctx is not None:
+                # RFC 3261 §17.2.1: the ACK for our non-2xx final ends here (COMPLETED,
+                # CONFIRMED); RFC 6026 ACCEPTED passes an ACK for 2xx on (PassRequest).
+                actions = ctx.server.receive_request(now, ack=True)
+                if not any(isinstance(a, PassRequest) for a in actions):
+                    self.stats.retransmissions_absorbed += 1
+                    self._run_server(ctx, actions, now)
+                    return
+                self._run_server(ctx, actions, now)
+            self._forward_stateless(req, peer, local, direction, now)
+            return
+
+        ctx = self._contexts.get(key)
+        if ctx is not None:
+            # A retransmission: the server transaction re-sends its last response.
+            self.stats.retransmissions_absorbed += 1
+            self._run_server(ctx, ctx.server.receive_request(now), now)
+            return
+
+        if method == b"CANCEL":
+            self._on_cancel(req, peer, local, now)
+            return
+
+        reject = validate_request(req)
+        if reject is not None:
+            self._respond_stateless(req, peer, local, reject.status, reject.reason.encode(),
+                                    reject.extra_headers)
+            return
+
+        server = ServerTransaction(key, req.data, invite=method == b"INVITE",
+                                   reliable=peer.is_reliable, timers=self.settings.timers,
+                                   now=now)
+        ctx = _Context(key, server, req, peer, local, direction, to_tag=self._new_tag())
+        self._contexts[key] = ctx
+        if method == b"INVITE":
+            # RFC 3261 §16.2: 100 Trying at once so the caller stops retransmitting.
+            self._respond(ctx, 100, now)
+
+        popped, next_route = self._own_routes(req)
+        in_dialog = req.to_tag is not None or next_route is not None
+        if popped == 0 and not in_dialog and method == b"OPTIONS" and self._uri_is_own(req):
+            self._answer_options(ctx, now)
+            return
+        if in_dialog:
+            self._route_in_dialog(ctx, popped, next_route, now)
+        elif direction is Direction.OUTBOUND:
+            self.stats.calls_outbound += method == b"INVITE"
+            self._next_attempt(ctx, popped, now)
+        else:
+            self.stats.calls_inbound += method == b"INVITE"
+            self._route_inbound(ctx, popped, now)
+
+    def _reject_stranger(self, req: Request, peer: Endpoint, local: Endpoint) -> None:
+        self.stats.unknown_source_dropped += 1
+        if self.settings.reject_unknown is RejectUnknown.FORBIDDEN and req.method != b"ACK":
+            self._respond_stateless(req, peer, local, 403, b"Forbidden", ())
+        else:
+            self._events.append(MessageDropped(peer, "source not allowed"))
+
+    def _server_key(self, req: Request) -> bytes:
+        """RFC 3261 §17.2.3 key: branch + sent-by + method (ACK and CANCEL map per RFC)."""
+        via = req.top_via
+        method = b"INVITE" if req.method == b"ACK" else req.method
+        branch = via.branch or b""
+        if branch.startswith(b"z9hG4bK"):
+            return b"%s|%s:%d|%s" % (branch, via.host, via.port or 0, method)
+        # RFC 2543 peer: no magic cookie; match on the dialog-ish fields instead (§17.2.3).
+        to_tag = b"" if req.method == b"ACK" else (req.to_tag or b"")
+        return b"2543|%s|%s|%s|%s|%d|%s|%s" % (
+            req.request_uri, to_tag, req.from_tag or b"", req.call_id, req.cseq.number,
+            via.host, method)
+
+    def _new_tag(self) -> bytes:
+        return b"se%08x" % next(self._tag_counter)
+
+    def _uri_is_own(self, req: Request) -> bool:
+        try:
+            return self.listeners.is_own(parse_uri(req.request_uri))
+        except SipError:
+            return False
+
+    def _own_routes(self, req: Request) -> tuple[int, bytes | None]:
+        """How many top Route values name us, and the first Route that does not."""
+        if req.top_route is None:
+            return 0, None
+        popped = 0
+        for value in req.header_values(b"route"):
+            if self.listeners.is_own_route(value):
+                popped += 1
+                continue
+            return popped, value
+        return popped, None
+
+    # ------------------------------------------------------------------ local answers
+
+    def _respond(self, ctx: _Context, status: int, now: float, reason: bytes | None = None,
+                 headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        data = build_response(ctx.request, status, reason, to_tag=ctx.to_tag,
+                              headers=tuple(headers))
+        if status >= 200:
+            ctx.done = True
+            self.stats.local_responses += 1
+        self._run_server(ctx, ctx.server.send_response(status, data, now), now)
+
+    def _respond_stateless(self, req: Request, peer: Endpoint, local: Endpoint, status: int,
+                           reason: bytes, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self.stats.requests_rejected += 1
+        self.stats.local_responses += 1
+        data = build_response(req, status, reason, to_tag=self._new_tag(),
+                              headers=tuple(headers))
+        self._outbox.append(Send(data, _response_dest(req, peer), local))
+        self._events.append(RequestRejected(peer, status, reason.decode("ascii", "replace")))
+
+    def _answer_options(self, ctx: _Context, now: float) -> None:
+        """OPTIONS to sipedge itself: 200 while a gateway is UP, else 503 (issue #4)."""
+        allow = (b"Allow", b"INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, REFER, NOTIFY")
+        if self.pool.any_up():
+            self._respond(ctx, 200, now, headers=(allow,))
+        else:
+            self._respond(ctx, 503, now, b"No Gateway Available",
+                          headers=((b"Retry-After", b"%d" % self.settings.retry_after_s),))
+
+    # ------------------------------------------------------------------ routing
+
+    def _route_inbound(self, ctx: _Context, popped: int, now: float) -> None:
+        """Twilio → PBX: note ``edge``/``tnx``, optionally strip them, send to the PBX."""
+        req = ctx.request
+        new_uri: bytes | None = None
+        try:
+            uri = parse_uri(req.request_uri)
+        except SipError:
+            uri = None
+        if uri is not None:
+            if uri.param(b"edge") is not None:
+                self.stats.edge_param_seen += 1
+            tnx = uri.param(b"tnx")
+            if tnx is not None:
+                self.stats.tnx_deprecated += 1
+                self._events.append(DeprecatedParameterSeen(ctx.peer, tnx.decode("ascii", "replace")))
+            if self.settings.strip_edge_params and (tnx is not None or uri.param(b"edge") is not None):
+                new_uri = strip_params(uri, _EDGE_PARAMS)
+        pbx = self.settings.pbx
+        local = self.listeners.egress(outside=False, transport=pbx.transport)
+        self._start_branch(ctx, pbx, local, None, new_uri, popped, now)
+
+    def _route_in_dialog(self, ctx: _Context, popped: int, next_route: bytes | None,
+                         now: float) -> None:
+        """Loose routing (RFC 3261 §16.12): next Route, else the Request-URI."""
+        target = next_route if next_route is not None else None
+        try:
+            uri_bytes = parse_name_addr(target).uri if target is not None else ctx.request.request_uri
+            dest = uri_endpoint(parse_uri(uri_bytes))
+        except SipError:
+            dest = None
+        if dest is None or self.listeners.is_own_endpoint(dest):
+            # Nowhere to go, or back to ourselves (an in-dialog request whose Route set
+            # was lost): answering beats a loop through our own sockets.
+            self._respond(ctx, 404, now, b"No Route To Target")
+            return
+        local = self.listeners.egress(outside=ctx.direction is Direction.OUTBOUND,
+                                      transport=dest.transport)
+        self._start_branch(ctx, dest, local, None, None, popped, now)
+
+    def _forward_stateless(self, req: Request, peer: Endpoint, local: Endpoint,
+                           direction: Direction, now: float) -> None:
+        """ACK for a 2xx (its own transaction, RFC 3261 §17.1.1.3): route and forget."""
+        popped, next_route = self._own_routes(req)
+        try:
+            uri_bytes = parse_name_addr(next_route).uri if next_route else req.request_uri
+            dest = uri_endpoint(parse_uri(uri_bytes))
+        except SipError:
+            dest = None
+        if dest is None or self.listeners.is_own_endpoint(dest):
+            self._events.append(MessageDropped(peer, "ACK without a routable target"))
+            return
+        egress = self.listeners.egress(outside=direction is Direction.OUTBOUND,
+                                       transport=dest.transport)
+        via = req.top_via
+        branch = branch_for(b"ack", (via.branch or b"") + req.call_id, 0)
+        received, rport = self._received(req, peer)
+        plan = ForwardPlan(via=via_value(egress, branch), pop_routes=popped,
+                           received=received, rport=rport)
+        self._outbox.append(Send(forward_request(req, plan), dest, egress))
+        self.stats.requests_forwarded += 1
+
+    @staticmethod
+    def _received(req: Request, peer: Endpoint) -> tuple[bytes | None, int | None]:
+        """RFC 3261 §18.2.1 received= and RFC 3581 rport for the previous hop's Via."""
+        via = req.top_via
+        rport = peer.port if via.rport == b"" else None
+        host = peer.host.encode("ascii")
+        received = host if (via.host != host or rport is not None) else None
+        return received, rport
+
+    # ------------------------------------------------------------------ outbound attempts
+
+    def _next_attempt(self, ctx: _Context, popped: int, now: float) -> None:
+        """PBX → Twilio: send to the next usable gateway, or finish the request."""
+        gateway = next(iter(self.pool.candidates(now, exclude=ctx.tried)), None)
+        if gateway is None:
+            self._finish_exhausted(ctx, now)
+            return
+        ctx.tried.add(gateway.id)
+        try:
+            new_uri = localize_request_uri(parse_uri(ctx.request.request_uri), gateway.domain_host)
+        except SipError:
+            self._respond(ctx, 416, now, b"Unsupported URI Scheme")
+            return
+        local = self.listeners.egress(outside=True, transport=gateway.endpoint.transport)
+        self._start_branch(ctx, gateway.endpoint, local, gateway, new_uri, popped, now)
+
+    def _finish_exhausted(self, ctx: _Context, now: float) -> None:
+        """No gateway left: the best response, else 408 (timeouts) or 503 (nothing usable)."""
+        if ctx.done:
+            return
+        if ctx.best is not None:
+            self._forward_final(ctx, ctx.best, now)
+        elif ctx.any_timeout:
+            self._respond(ctx, 408, now, b"Request Timeout")
+        else:
+            self.stats.no_gateway_503 += 1
+            self._respond(ctx, 503, now, b"No Gateway Available",
+                          headers=((b"Retry-After", b"%d" % self.settings.retry_after_s),))
+
+    def _start_branch(self, ctx: _Context, dest: Endpoint, local: Endpoint,
+                      gateway: Gateway | None, new_uri: bytes | None, popped: int,
+                      now: float) -> None:
+        req = ctx.request
+        out_uri = new_uri if new_uri is not None else req.request_uri
+        loop = loop_hash(out_uri, req.call_id, req.from_tag, req.to_tag, req.cseq.number,
+                         req.method)
+        if self._is_loop(req, loop):
+            self.stats.loops_detected += 1
+            self._respond(ctx, 482, now, b"Loop Detected")
+            return
+        branch = branch_for(loop, ctx.key, len(ctx.branches))
+        record_route: tuple[bytes, ...] = ()
+        if req.method in _RECORD_ROUTE_METHODS and req.to_tag is None:
+            if local == ctx.local:
+                record_route = (record_route_value(local),)
+            else:
+                # RFC 5658 double Record-Route: each side sees the address it can reach.
+                record_route = (record_route_value(local), record_route_value(ctx.local))
+        received, rport = self._received(req, ctx.peer)
+        plan = ForwardPlan(via=via_value(local, branch), request_uri=new_uri,
+                           record_route=record_route, pop_routes=popped,
+                           received=received, rport=rport)
+        data = forward_request(req, plan)
+        key = branch + b"|" + (b"INVITE" if req.method == b"INVITE" else req.method)
+        tx = ClientTransaction(key, data, invite=req.method == b"INVITE",
+                               reliable=dest.is_reliable, timers=self.settings.timers, now=now)
+        branch_state = _Branch(key, ctx, tx, data, dest, local, gateway, now)
+        ctx.branches.append(branch_state)
+        self._branches[key] = branch_state
+        self._branches_by_dest.setdefault(dest, set()).add(key)
+        self.stats.requests_forwarded += 1
+        self._run_client(branch_state, tx.start(), now)
+        # Our failover timer: no provisional (or, for non-INVITE, no answer) in time.
+        if gateway is not None:
+            self._push(now + self.settings.no_provisional_timeout_s, b"c", key)
+
+    def _is_loop(self, req: Request, loop: bytes) -> bool:
+        """RFC 3261 §16.3 step 4 / RFC 5393: our Via with the same loop hash = a loop."""
+        marker = BRANCH_PREFIX + loop
+        for value in req.header_values(b"via")[:70]:
+            if marker in value:
+                return True
+        return False
+
+    # ------------------------------------------------------------------ CANCEL
+
+    def _on_cancel(self, req: Request, peer: Endpoint, local: Endpoint, now: float) -> None:
+        """RFC 3261 §16.10: 200 hop-by-hop, CANCEL the pending branches, 487 upstream."""
+        self.stats.cancels += 1
+        via = req.top_via
+        branch = via.branch or b""
+        if branch.startswith(b"z9hG4bK"):
+            invite_key = b"%s|%s:%d|INVITE" % (branch, via.host, via.port or 0)
+        else:
+            invite_key = b"2543|%s|%s|%s|%s|%d|%s|INVITE" % (
+                req.request_uri, b"", req.from_tag or b"", req.call_id, req.cseq.number,
+                via.host)
+        ctx = self._contexts.get(invite_key)
+        if ctx is None:
+            self._respond_stateless(req, peer, local, 481, b"Call/Transaction Does Not Exist", ())
+            return
+        ok = build_response(req, 200, to_tag=ctx.to_tag)
+        self._outbox.append(Send(ok, _response_dest(req, peer), local))
+        if ctx.done or ctx.cancelled:
+            return
+        ctx.cancelled = True
+        any_provisional = False
+        for branch_state in ctx.branches:
+            if branch_state.final:
+                continue
+            if branch_state.provisional:
+                any_provisional = True
+                self._send_cancel(branch_state, now)
+            else:
+                # RFC 3261 §9.1: no CANCEL before a provisional; send it when one arrives.
+                branch_state.cancel_pending = True
+        if not any_provisional:
+            self._respond(ctx, 487, now, b"Request Terminated")
+
+    def _send_cancel(self, branch: _Branch, now: float) -> None:
+        try:
+            data = build_cancel(parse(branch.request))  # type: ignore[arg-type]
+        except SipError:
+            return
+        key = branch.key.rsplit(b"|", 1)[0] + b"|CANCEL"
+        tx = ClientTransaction(key, data, invite=False, reliable=branch.dest.is_reliable,
+                               timers=self.settings.timers, now=now)
+        cancel = _Branch(key, branch.ctx, tx, data, branch.dest, branch.local, None, now,
+                         abandoned=True, is_cancel=True)
+        self._branches[key] = cancel
+        self._run_client(cancel, tx.start(), now)
+
+    # ------------------------------------------------------------------ responses
+
+    def _on_response(self, resp: Response, peer: Endpoint, now: float) -> None:
+        via = resp.top_via
+        method = resp.cseq.method
+        key = (via.branch or b"") + b"|" + method
+        branch = self._branches.get(key)
+        if branch is None:
+            probe = self._probes.pop(key, None)
+            if probe is not None:
+                self._probe_replied(probe, resp, now)
+                return
+            self._stray_response(resp, now)
+            return
+        ack = None
+        if branch.tx.is_invite and resp.status >= 300:
+            parsed = parse(branch.request)
+            assert isinstance(parsed, Request)
+            ack = build_ack(parsed, resp)
+        self._run_client(branch, branch.tx.receive_response(resp.status, now, ack=ack), now,
+                         resp)
+
+    def _stray_response(self, resp: Response, now: float) -> None:
+        """A response no transaction knows: forward a 2xx to INVITE statelessly (§16.7)."""
+        if not (200 <= resp.status < 300 and resp.cseq.method == b"INVITE"):
+            self.stats.stray_responses += 1
+            return
+        if not (resp.top_via.branch or b"").startswith(BRANCH_PREFIX):
+            self.stats.stray_responses += 1
+            return
+        values = resp.header_values(b"via")
+        if len(values) < 2:
+            return
+        upstream = parse_via(values[1])
+        dest = self._via_dest(upstream)
+        if dest is None:
+            return
+        local = self.listeners.egress(outside=dest.host in self._gateway_hosts,
+                                      transport=dest.transport)
+        self._outbox.append(Send(strip_top_via(resp), dest, local))
+        self.stats.responses_forwarded += 1
+
+    @staticmethod
+    def _via_dest(via: object) -> Endpoint | None:
+        from sipedge.sip.headers import Via
+
+        if not isinstance(via, Via):
+            return None
+        transport = via.transport.decode("ascii", "replace").lower()
+        host_b = via.received or via.host
+        host = host_b.decode("ascii", "replace").strip("[]")
+        port = via.port or (5061 if transport == "tls" else 5060)
+        if via.rport:
+            try:
+                port = int(via.rport)
+            except ValueError:
+                pass
+        return Endpoint(transport if transport in ("udp", "tcp", "tls") else "udp", host, port)
+
+    def _on_branch_response(self, branch: _Branch, resp: Response, now: float) -> None:
+        """A response the client transaction passes up (RFC 3261 §16.7)."""
+        ctx = branch.ctx
+        status = resp.status
+        if branch.is_cancel:
+            return
+        if status < 200:
+            if not branch.provisional:
+                branch.provisional = True
+                if branch.gateway is not None:
+                    self._events.extend(self.pool.observe_call(branch.gateway.id, True, now))
+            if branch.cancel_pending or (ctx.cancelled and not branch.abandoned):
+                branch.cancel_pending = False
+                self._send_cancel(branch, now)
+                return
+            if status == 100 or ctx.done or branch.abandoned:
+                return  # 100 is hop-by-hop (§16.7 step 5)
+            self._forward_response(ctx, resp, now)
+            return
+        branch.final = status
+        if 200 <= status < 300:
+            # Always forwarded, even late or on an abandoned branch (§16.7 step 5).
+            if branch.gateway is not None:
+                self._events.extend(self.pool.observe_call(branch.gateway.id, True, now))
+            self._forward_response(ctx, resp, now)
+            ctx.done = True
+            return
+        if branch.abandoned or ctx.done:
+            return
+        retry_after = _retry_after(resp) if status == 503 else None
+        if branch.gateway is not None and status in self.settings.failover_codes:
+            self._events.extend(self.pool.observe_call(branch.gateway.id, False, now,
+                                                       retry_after_s=retry_after))
+        if ctx.best is None or _better(status, ctx.best.status):
+            ctx.best = resp
+        if (branch.gateway is not None and status in self.settings.failover_codes
+                and not ctx.cancelled):
+            self._fail_over(branch, f"{status} response", now)
+            return
+        self._forward_final(ctx, resp, now)
+
+    def _fail_over(self, branch: _Branch, reason: str, now: float) -> None:
+        ctx = branch.ctx
+        branch.abandoned = True
+        self.stats.failovers += 1
+        before = len(ctx.branches)
+        popped, _ = self._own_routes(ctx.request)
+        self._next_attempt(ctx, popped, now)
+        nxt = ctx.branches[-1].gateway if len(ctx.branches) > before else None
+        gateway_id = branch.gateway.id if branch.gateway is not None else str(branch.dest)
+        self._events.append(CallFailedOver(ctx.request.call_id.decode("ascii", "replace"),
+                                           gateway_id, reason,
+                                           nxt.id if nxt is not None else None))
+
+    def _forward_final(self, ctx: _Context, resp: Response, now: float) -> None:
+        if ctx.done:
+            return
+        if resp.status == 503:
+            # RFC 3261 §16.7 step 6: a lone 503 must not travel upstream (the PBX would
+            # think *sipedge* is unavailable); answer 500 instead.
+            self._respond(ctx, 500, now, b"Gateway Unavailable")
+            return
+        self._forward_response(ctx, resp, now)
+
+    def _forward_response(self, ctx: _Context, resp: Response, now: float) -> None:
+        data = strip_top_via(resp)
+        self.stats.responses_forwarded += 1
+        if resp.status >= 200:
+            ctx.done = True
+        if ctx.server.is_terminated:
+            # 2xx retransmission after the server transaction ended: statelessly upstream.
+            self._outbox.append(Send(data, _response_dest(ctx.request, ctx.peer), ctx.local))
+            return
+        self._run_server(ctx, ctx.server.send_response(resp.status, data, now), now)
+
+    # ------------------------------------------------------------------ transaction glue
+
+    def _run_client(self, branch: _Branch, actions: Sequence[Action], now: float,
+                    resp: Response | None = None) -> None:
+        for action in actions:
+            if isinstance(action, SendRequest):
+                self._outbox.append(Send(action.data, branch.dest, branch.local))
+            elif isinstance(action, PassResponse):
+                if resp is not None:
+                    self._on_branch_response(branch, resp, now)
+            elif isinstance(action, (TxTimedOut, TransportFailed)):
+                self._branch_failed(branch, "timeout" if isinstance(action, TxTimedOut)
+                                    else "transport error", now)
+            elif isinstance(action, Terminated):
+                self._drop_branch(branch)
+                return
+        deadline = branch.tx.next_deadline()
+        if deadline is not None:
+            self._push(deadline, b"c", branch.key)
+
+    def _run_server(self, ctx: _Context, actions: Sequence[Action], now: float) -> None:
+        for action in actions:
+            if isinstance(action, SendResponse):
+                self._outbox.append(Send(action.data, _response_dest(ctx.request, ctx.peer),
+                                         ctx.local))
+            elif isinstance(action, Terminated):
+                self._contexts.pop(ctx.key, None)
+                return
+        deadline = ctx.server.next_deadline()
+        if deadline is not None:
+            self._push(deadline, b"s", ctx.key)
+
+    def _branch_timer(self, branch: _Branch, now: float) -> None:
+        ctx = branch.ctx
+        if (branch.gateway is not None and not branch.abandoned and not branch.final
+                and not branch.provisional and not ctx.done and not ctx.cancelled
+                and now >= branch.sent_at + self.settings.no_provisional_timeout_s):
+            # Twilio itself moves on after 4 s without a provisional; so do we.
+            self._branch_failed(branch, "no provisional response", now)
+        deadline = branch.tx.next_deadline()
+        if deadline is not None and deadline <= now:
+            self._run_client(branch, branch.tx.handle_timer(now), now)
+
+    def _branch_failed(self, branch: _Branch, reason: str, now: float) -> None:
+        """Timeout or transport error on a branch: health, then failover or give up."""
+        ctx = branch.ctx
+        if branch.abandoned or branch.final:
+            return
+        if reason != "transport error":
+            ctx.any_timeout = True
+        if branch.gateway is not None:
+            self._events.extend(self.pool.observe_call(branch.gateway.id, False, now))
+        if ctx.done:
+            branch.abandoned = True
+            return
+        if ctx.cancelled:
+            branch.abandoned = True
+            self._respond(ctx, 487, now, b"Request Terminated")
+            return
+        if branch.gateway is not None:
+            self._fail_over(branch, reason, now)
+            return
+        branch.abandoned = True
+        if reason == "timeout":
+            self._respond(ctx, 408, now, b"Request Timeout")
+        else:
+            self._respond(ctx, 503, now, b"Service Unavailable",
+                          headers=((b"Retry-After", b"%d" % self.settings.retry_after_s),))
+
+    def _drop_branch(self, branch: _Branch) -> None:
+        self._branches.pop(branch.key, None)
+        keys = self._branches_by_dest.get(branch.dest)
+        if keys is not None:
+            keys.discard(branch.key)
+            if not keys:
+                del self._branches_by_dest[branch.dest]
+
+    def _push(self, deadline: float, kind: bytes, key: bytes) -> None:
+        heapq.heappush(self._heap, (deadline, next(self._seq), kind, key))
+
+    # ------------------------------------------------------------------ probes
+
+    def _send_probe(self, gateway_id: str, now: float) -> None:
+        gateway = self.pool.gateway(gateway_id)
+        local = self.listeners.egress(outside=True, transport=gateway.endpoint.transport)
+        n = next(self._probe_counter)
+        data, branch = build_probe(gateway, local, n, instance=self.instance)[:2]
+        key = branch + b"|OPTIONS"
+        tx = ClientTransaction(key, data, invite=False, reliable=gateway.endpoint.is_reliable,
+                               timers=self.settings.timers, now=now)
+        probe = _Probe(gateway, tx, now, now + self.settings.probe_timeout_s)
+        self._probes[key] = probe
+        self.stats.probes_sent += 1
+        for action in tx.start():
+            if isinstance(action, SendRequest):
+                self._outbox.append(Send(action.data, gateway.endpoint, local))
+        self._push_probe(key, probe)
+
+    def _push_probe(self, key: bytes, probe: _Probe) -> None:
+        tx_deadline = probe.tx.next_deadline()
+        deadline = probe.deadline if tx_deadline is None else min(tx_deadline, probe.deadline)
+        self._push(deadline, b"p", key)
+
+    def _probe_timer(self, key: bytes, probe: _Probe, now: float) -> None:
+        if now >= probe.deadline:
+            del self._probes[key]
+            self.stats.probe_timeouts += 1
+            self._probe_result(probe.gateway, TimedOut(), now)
+            return
+        local = self.listeners.egress(outside=True, transport=probe.gateway.endpoint.transport)
+        for action in probe.tx.handle_timer(now):
+            if isinstance(action, SendRequest):
+                self._outbox.append(Send(action.data, probe.gateway.endpoint, local))
+        self._push_probe(key, probe)
+
+    def _probe_replied(self, probe: _Probe, resp: Response, now: float) -> None:
+        if resp.status < 200:
+            self._probes[(resp.top_via.branch or b"") + b"|OPTIONS"] = probe
+            return
+        retry_after = _retry_after(resp) if resp.status == 503 else None
+        self._probe_result(probe.gateway, Replied(resp.status, now - probe.sent_at, retry_after),
+                           now)
+
+    def _probe_result(self, gateway: Gateway, result: Replied | TimedOut | SendFailed,
+                      now: float) -> None:
+        self._events.extend(self.pool.observe(gateway.id, result, now))
+        # Honour Retry-After strictly: no probe before the hold-down ends.
+        record = self.pool.record(gateway.id)
+        health = record.state
+        if health is Health.UP and record.failures:
+            # A failing UP gateway is re-probed at the DOWN pace, so a dead group is
+            # noticed in about down_after × interval_down_s, not × interval_up_s.
+            health = Health.PROBING
+        self.schedule.reschedule(gateway.id, now, health, not_before=record.held_until)
+
+
+def _retry_after(resp: Response) -> float | None:
+    """Seconds from a Retry-After header (RFC 3261 §20.33), ignoring comments/params."""
+    value = resp.header(b"retry-after")
+    if not value:
+        return None
+    digits = value.split(b";", 1)[0].split(b"(", 1)[0].strip()
+    if not digits.isdigit() or len(digits) > 9:
+        return None
+    return float(int(digits))
+
+
+def _better(status: int, than: int) -> bool:
+    """RFC 3261 §16.7 step 6: prefer 6xx, then the lowest class; 503 loses to anything."""
+    if status // 100 == 6:
+        return than // 100 != 6
+    if than // 100 == 6:
+        return False
+    if than == 503:
+        return True
+    if status == 503:
+        return False
+    return status // 100 < than // 100
