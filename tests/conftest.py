@@ -1,0 +1,70 @@
+"""Shared fixtures: the conformance corpus and a FakeClock (time is a parameter)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: ../shared/corpus relative to the repo root unless SIPEDGE_CORPUS says otherwise.
+CORPUS = Path(os.environ.get("SIPEDGE_CORPUS", REPO_ROOT.parent / "shared" / "corpus"))
+SETS = ("rfc4475", "rfc5118", "flows")
+
+
+@dataclass(frozen=True)
+class CorpusCase:
+    """One MANIFEST.tsv row plus the message bytes."""
+
+    set: str
+    name: str
+    row: dict[str, str]
+    data: bytes
+
+    @property
+    def id(self) -> str:
+        return f"{self.set}/{self.name}"
+
+
+def load_manifest(set_name: str) -> list[CorpusCase]:
+    """Every row of ``<corpus>/<set>/MANIFEST.tsv`` with its bytes."""
+    base = CORPUS / set_name
+    with open(base / "MANIFEST.tsv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    return [CorpusCase(set_name, r["name"], r, (base / r["path"]).read_bytes()) for r in rows]
+
+
+def all_cases() -> list[CorpusCase]:
+    """All manifest rows of all sets (empty when the corpus is missing)."""
+    if not CORPUS.is_dir():
+        return []
+    return [case for s in SETS for case in load_manifest(s)]
+
+
+class FakeClock:
+    """A monotonic clock the test advances by hand (``now`` is always a parameter)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"corpus not found at {CORPUS} (set SIPEDGE_CORPUS)")
+    return CORPUS

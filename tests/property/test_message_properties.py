@@ -1,0 +1,162 @@
+"""Hypothesis properties of the parser and the forwarding transform.
+
+* arbitrary bytes and every truncation of every corpus message give a message or a
+  ParseError (or None from the stream framer) -- never another exception, and fast;
+* generated valid requests survive forward_request() byte-exact apart from the spans a
+  proxy changes, and forwarding then stripping our Via on the response is consistent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sipedge.sip import (
+    ForwardPlan,
+    ParseError,
+    Request,
+    Response,
+    StreamFramer,
+    build_request,
+    build_response,
+    forward_request,
+    parse,
+    strip_top_via,
+)
+from tests.conftest import all_cases
+
+FAST = settings(
+    max_examples=300,
+    deadline=timedelta(milliseconds=200),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+CASES = all_cases()
+
+
+def parse_or_error(data: bytes) -> Request | Response | None:
+    try:
+        return parse(data)
+    except ParseError as exc:
+        assert not exc.reason.startswith("internal"), exc.reason
+        return None
+
+
+SIPISH = st.lists(
+    st.sampled_from(
+        [b"INVITE ", b"SIP/2.0", b" 200 OK", b"\r\n", b"\r\n\r\n", b"Via: ", b"v:", b"CSeq: ",
+         b"1 INVITE", b"Call-ID: x", b"From: <sip:a@b>;tag=1", b"To: ", b"l: ", b"5",
+         b"Content-Length: 3", b"Max-Forwards: 0", b" ", b"\t", b",", b";", b"\"", b"<", b">",
+         b"sip:[::1]:5060", b"SIP/2.0/UDP h;branch=z9hG4bK", b"\x00", b"\xff", b"abc"]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@FAST
+@given(st.binary(max_size=2048))
+def test_arbitrary_bytes_parse_or_parse_error(data: bytes) -> None:
+    parse_or_error(data)
+
+
+@FAST
+@given(SIPISH)
+def test_sip_shaped_garbage_parse_or_parse_error(data: bytes) -> None:
+    msg = parse_or_error(data)
+    if isinstance(msg, Request) and msg.max_forwards != 0:
+        with contextlib.suppress(ParseError):
+            forward_request(msg, ForwardPlan(via=b"SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKp"))
+
+
+@FAST
+@given(st.binary(max_size=512), st.lists(st.integers(1, 64), max_size=8))
+def test_framer_never_raises_anything_but_parse_error(data: bytes, cuts: list[int]) -> None:
+    framer = StreamFramer(max_message=4096)
+    pos = 0
+    try:
+        for cut in [*cuts, len(data)]:
+            framer.feed(data[pos : pos + cut])
+            pos += cut
+            while framer.next_message() is not None:
+                pass
+    except ParseError:
+        pass
+
+
+@pytest.mark.skipif(not CASES, reason="corpus not found")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_every_truncation_of_corpus_message(case) -> None:  # type: ignore[no-untyped-def]
+    data = case.data
+    for n in range(len(data) + 1):
+        parse_or_error(data[:n])
+    framer = StreamFramer()
+    try:
+        for i in range(0, len(data), 97):
+            framer.feed(data[i : i + 97])
+            framer.next_message()
+    except ParseError:
+        pass
+
+
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~",
+                min_size=1, max_size=12).map(str.encode)
+EXTRA = st.lists(
+    st.tuples(
+        st.sampled_from([b"X-Custom", b"Subject", b"User-Agent", b"Allow", b"Supported", b"P-Foo"]),
+        st.lists(TOKEN, min_size=1, max_size=3).map(b", ".join),
+    ),
+    max_size=6,
+)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from([b"INVITE", b"OPTIONS", b"BYE", b"MESSAGE"]))
+    user, host, tag, cid = draw(TOKEN), draw(TOKEN), draw(TOKEN), draw(TOKEN)
+    branch = b"z9hG4bK" + draw(TOKEN)
+    return build_request(
+        method,
+        b"sip:" + user + b"@" + host + b".example.com",
+        via=b"SIP/2.0/UDP " + host + b".example.net:5060;branch=" + branch,
+        from_=b"<sip:a@" + host + b".example.org>;tag=" + tag,
+        to=b"<sip:" + user + b"@example.com>",
+        call_id=cid,
+        cseq=draw(st.integers(0, 2**32 - 1)),
+        max_forwards=draw(st.integers(1, 70)),
+        headers=draw(EXTRA),
+        body=draw(st.binary(max_size=64)),
+    )
+
+
+OUR_VIA = b"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKours"
+
+
+@FAST
+@given(requests())
+def test_forward_with_minimal_plan_is_byte_exact(data: bytes) -> None:
+    req = parse(data)
+    assert isinstance(req, Request)
+    out = forward_request(req, ForwardPlan(via=OUR_VIA))
+    mf = req.max_forwards
+    assert mf is not None
+    # Undo the two changes a forward must make: the pushed Via and Max-Forwards - 1.
+    restored = out.replace(b"Via: " + OUR_VIA + b"\r\n", b"", 1).replace(
+        b"\r\nMax-Forwards: %d\r\n" % (mf - 1), b"\r\nMax-Forwards: %d\r\n" % mf, 1
+    )
+    assert restored == data
+
+
+@FAST
+@given(requests(), st.integers(100, 699))
+def test_forward_then_strip_is_consistent(data: bytes, status: int) -> None:
+    req = parse(data)
+    assert isinstance(req, Request)
+    fwd = parse(forward_request(req, ForwardPlan(via=OUR_VIA, record_route=(b"<sip:p;lr>",))))
+    assert isinstance(fwd, Request)
+    upstream = parse(build_response(fwd, status, to_tag=b"t1"))
+    assert isinstance(upstream, Response)
+    assert upstream.top_via.branch == b"z9hG4bKours"
+    assert strip_top_via(upstream) == build_response(req, status, to_tag=b"t1")

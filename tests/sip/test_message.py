@@ -1,0 +1,210 @@
+"""Unit tests of sipedge.sip.message: parse strictness, accessors, transforms."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipedge.sip import (
+    ForwardPlan,
+    ParseError,
+    ProtocolViolation,
+    Request,
+    Response,
+    answer_parse_error,
+    build_ack,
+    build_cancel,
+    build_request,
+    build_response,
+    forward_request,
+    parse,
+    strip_top_via,
+)
+
+INVITE = (
+    b"INVITE sip:bob@example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 192.0.2.10:5060;rport;branch=z9hG4bK1\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"Route: <sip:proxy.example.net;lr>, <sip:next.example.org;lr>\r\n"
+    b"From: Alice <sip:alice@example.org>;tag=a1\r\n"
+    b"To: <sip:bob@example.com>\r\n"
+    b"Call-ID: c1@host\r\n"
+    b"CSeq: 1 INVITE\r\n"
+    b"Content-Length: 4\r\n"
+    b"\r\n"
+    b"abcd"
+)
+
+
+def req(data: bytes = INVITE) -> Request:
+    msg = parse(data)
+    assert isinstance(msg, Request)
+    return msg
+
+
+def test_parse_request_accessors() -> None:
+    r = req()
+    assert r.method == b"INVITE" and r.request_uri == b"sip:bob@example.com"
+    assert r.max_forwards == 70 and r.call_id == b"c1@host"
+    assert r.cseq.number == 1 and r.cseq.method == b"INVITE"
+    assert r.top_via.branch == b"z9hG4bK1" and r.top_via.rport == b""
+    assert r.from_tag == b"a1" and r.to_tag is None
+    assert r.top_route == b"<sip:proxy.example.net;lr>"
+    assert r.header_values(b"route") == [b"<sip:proxy.example.net;lr>", b"<sip:next.example.org;lr>"]
+    assert r.body == b"abcd"
+
+
+def test_parse_compact_and_case_insensitive_names() -> None:
+    data = (
+        b"OPTIONS sip:x@y SIP/2.0\r\nv: SIP/2.0/TCP h;branch=z9hG4bK2\r\nf: <sip:a@b>;tag=1\r\n"
+        b"t: <sip:c@d>\r\ni: abc\r\ncSeQ: 2 OPTIONS\r\nl: 0\r\nMAX-FORWARDS: 5\r\n\r\n"
+    )
+    r = req(data)
+    assert r.call_id == b"abc" and r.max_forwards == 5 and r.header(b"content-length") == b"0"
+
+
+@pytest.mark.parametrize(
+    ("cl", "status"),
+    [(b"1_0", 400), (b" +12", 400), (b"-999", 400), (b"99", 400), (b"", 400)],
+)
+def test_content_length_strict(cl: bytes, status: int) -> None:
+    data = INVITE.replace(b"Content-Length: 4", b"Content-Length: " + cl)
+    with pytest.raises(ParseError) as exc:
+        parse(data)
+    assert exc.value.status == status
+
+
+def test_body_beyond_content_length_is_ignored() -> None:
+    r = req(INVITE + b"NOISE")
+    assert r.body == b"abcd" and r.data == INVITE
+
+
+def test_missing_blank_line_is_400() -> None:
+    with pytest.raises(ParseError) as exc:
+        parse(INVITE.split(b"\r\n\r\n")[0] + b"\r\n")
+    assert exc.value.status == 400
+
+
+def test_response_errors_are_drops() -> None:
+    with pytest.raises(ParseError) as exc:
+        parse(b"SIP/2.0 2000 OK\r\nVia: x\r\n\r\n")
+    assert exc.value.drop
+
+
+def test_version_505() -> None:
+    with pytest.raises(ParseError) as exc:
+        parse(INVITE.replace(b"SIP/2.0\r\n", b"SIP/3.0\r\n", 1))
+    assert exc.value.status == 505
+
+
+def test_bare_lf_rejected() -> None:
+    with pytest.raises(ParseError):
+        parse(INVITE.replace(b"Call-ID: c1@host", b"Call-ID: c1\nVia: evil"))
+
+
+def test_folded_header_is_unfolded() -> None:
+    r = req(INVITE.replace(b"Call-ID: c1@host", b"Call-ID:\r\n  c1@host"))
+    assert r.call_id == b"c1@host"
+
+
+def test_forward_request_full_plan() -> None:
+    plan = ForwardPlan(
+        via=b"SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKp",
+        request_uri=b"sip:bob@b.example.com",
+        record_route=(b"<sip:192.0.2.1;lr>",),
+        pop_routes=1,
+        received=b"203.0.113.9",
+        rport=5999,
+    )
+    out = forward_request(req(), plan)
+    assert out == (
+        b"INVITE sip:bob@b.example.com SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKp\r\n"
+        b"Record-Route: <sip:192.0.2.1;lr>\r\n"
+        b"Via: SIP/2.0/UDP 192.0.2.10:5060;rport=5999;branch=z9hG4bK1;received=203.0.113.9\r\n"
+        b"Max-Forwards: 69\r\n"
+        b"Route: <sip:next.example.org;lr>\r\n"
+        b"From: Alice <sip:alice@example.org>;tag=a1\r\n"
+        b"To: <sip:bob@example.com>\r\n"
+        b"Call-ID: c1@host\r\n"
+        b"CSeq: 1 INVITE\r\n"
+        b"Content-Length: 4\r\n"
+        b"\r\n"
+        b"abcd"
+    )
+
+
+@pytest.mark.parametrize(("mf", "out"), [(b"80", b"70"), (b"71", b"70"), (b"70", b"69"), (b"1", b"0")])
+def test_forward_max_forwards_clamp(mf: bytes, out: bytes) -> None:
+    data = INVITE.replace(b"Max-Forwards: 70", b"Max-Forwards: " + mf)
+    fwd = forward_request(req(data), ForwardPlan(via=b"SIP/2.0/UDP h;branch=z9hG4bKx"))
+    assert b"\r\nMax-Forwards: " + out + b"\r\n" in fwd
+
+
+def test_forward_inserts_max_forwards_when_absent() -> None:
+    data = INVITE.replace(b"Max-Forwards: 70\r\n", b"")
+    fwd = parse(forward_request(req(data), ForwardPlan(via=b"SIP/2.0/UDP h;branch=z9hG4bKx")))
+    assert isinstance(fwd, Request) and fwd.max_forwards == 70
+
+
+def test_forward_refuses_max_forwards_zero() -> None:
+    with pytest.raises(ProtocolViolation):
+        forward_request(req(INVITE.replace(b"Forwards: 70", b"Forwards: 0")),
+                        ForwardPlan(via=b"SIP/2.0/UDP h;branch=z9hG4bKx"))
+
+
+def test_forward_pops_two_routes_across_lines() -> None:
+    data = INVITE.replace(b"Route: <sip:proxy.example.net;lr>, <sip:next.example.org;lr>",
+                          b"Route: <sip:p1;lr>\r\nRoute: <sip:p2;lr>, <sip:p3;lr>")
+    fwd = parse(forward_request(req(data), ForwardPlan(via=b"SIP/2.0/UDP h;branch=z9hG4bKx",
+                                                       pop_routes=2)))
+    assert fwd.header_values(b"route") == [b"<sip:p3;lr>"]
+
+
+def test_strip_top_via_from_list_and_line() -> None:
+    resp = parse(b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\n"
+                 b"Via: SIP/2.0/UDP c;branch=z9hG4bK3\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\n"
+                 b"Call-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    assert isinstance(resp, Response)
+    once = parse(strip_top_via(resp))
+    assert isinstance(once, Response)
+    assert once.header_values(b"via") == [b"SIP/2.0/UDP b;branch=z9hG4bK2", b"SIP/2.0/UDP c;branch=z9hG4bK3"]
+    twice = parse(strip_top_via(once))
+    assert twice.header_values(b"via") == [b"SIP/2.0/UDP c;branch=z9hG4bK3"]
+
+
+def test_build_response_adds_to_tag() -> None:
+    out = parse(build_response(req(), 486, to_tag=b"srv"))
+    assert isinstance(out, Response) and out.status == 486 and out.reason == b"Busy Here"
+    assert out.to_tag == b"srv" and out.call_id == b"c1@host"
+    trying = parse(build_response(req(), 100, to_tag=b"srv"))
+    assert trying.to_tag is None
+
+
+def test_build_cancel_and_ack() -> None:
+    invite = req()
+    cancel = parse(build_cancel(invite))
+    assert isinstance(cancel, Request) and cancel.method == b"CANCEL"
+    assert cancel.top_via.branch == b"z9hG4bK1" and cancel.cseq.number == 1
+    assert cancel.header_values(b"route") == invite.header_values(b"route")
+    resp = parse(build_response(invite, 487, to_tag=b"x"))
+    assert isinstance(resp, Response)
+    ack = parse(build_ack(invite, resp))
+    assert isinstance(ack, Request) and ack.method == b"ACK" and ack.to_tag == b"x"
+
+
+def test_build_request_parses() -> None:
+    data = build_request(b"OPTIONS", b"sip:gw", via=b"SIP/2.0/UDP h;branch=z9hG4bKq",
+                         from_=b"<sip:p@h>;tag=1", to=b"<sip:gw>", call_id=b"k", cseq=7)
+    r = req(data)
+    assert r.max_forwards == 70 and r.cseq.number == 7
+
+
+def test_answer_parse_error() -> None:
+    bad = INVITE.replace(b"Content-Length: 4", b"Content-Length: 40")
+    with pytest.raises(ParseError) as exc:
+        parse(bad)
+    out = answer_parse_error(bad, exc.value, to_tag=b"t")
+    assert out is not None
+    resp = parse(out)
+    assert isinstance(resp, Response) and resp.status == 400 and resp.to_tag == b"t"
+    assert answer_parse_error(b"garbage", ParseError(400, "x")) is None
