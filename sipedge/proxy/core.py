@@ -291,6 +291,28 @@ class ProxyCore:
         """True when at least one gateway is UP (``/readyz``, local OPTIONS)."""
         return self.pool.any_up()
 
+    def reload_pool(self, pool: GatewayPool, now: float,
+                    probed: Iterable[str] | None = None) -> None:
+        """Swap in a rebuilt gateway pool (DNS membership change, config reload).
+
+        Health and counters of gateways with the same id and endpoint carry over
+        (``GatewayPool.replace``); new ones start PROBING. Probes in flight to gateways that
+        left are forgotten (a late reply is then a stray response), and the probe schedule
+        is synced to the new ids. Calls in progress keep their branches.
+
+        Args:
+            pool: the pool built from the new membership.
+            now: monotonic seconds.
+            probed: the ids to probe (default: all); e.g. without DNS placeholders.
+        """
+        self.pool = self.pool.replace(pool)
+        self._gateway_hosts = frozenset(g.endpoint.host for g in pool.gateways())
+        for key, probe in list(self._probes.items()):
+            if probe.gateway.id not in pool or pool.gateway(probe.gateway.id) != probe.gateway:
+                del self._probes[key]
+        ids = [g.id for g in pool.gateways()] if probed is None else probed
+        self.schedule.sync([gid for gid in ids if gid in pool], now)
+
     # ------------------------------------------------------------------ parse errors
 
     def _parse_failed(self, data: bytes, exc: ParseError, peer: Endpoint, local: Endpoint,
