@@ -117,6 +117,7 @@ class _Branch:
     cancel_pending: bool = False
     abandoned: bool = False  # superseded by failover; its responses no longer decide
     is_cancel: bool = False  # our hop-by-hop CANCEL: its responses end here (§16.10)
+    silenced: bool = False  # failed over before any reply: stop retransmitting the request
 
 
 @dataclass(slots=True)
@@ -767,6 +768,12 @@ class ProxyCore:
     def _fail_over(self, branch: _Branch, reason: str, now: float) -> None:
         ctx = branch.ctx
         branch.abandoned = True
+        if not branch.provisional and not branch.final:
+            # RFC 3261 §9.1: no CANCEL before a provisional, so silence the branch (no more
+            # retransmissions toward a dead gateway, which could answer a revived one) and
+            # CANCEL it should a late 1xx still arrive.
+            branch.silenced = True
+            branch.cancel_pending = True
         self.stats.failovers += 1
         before = len(ctx.branches)
         popped, _ = self._own_routes(ctx.request)
@@ -804,6 +811,8 @@ class ProxyCore:
                     resp: Response | None = None) -> None:
         for action in actions:
             if isinstance(action, SendRequest):
+                if branch.silenced and action.data is branch.request:
+                    continue
                 self._outbox.append(Send(action.data, branch.dest, branch.local))
             elif isinstance(action, PassResponse):
                 if resp is not None:

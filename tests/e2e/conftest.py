@@ -174,10 +174,10 @@ def sipp_factory(tmp_path: Path) -> Iterator[object]:
 
 
 def uas(make: object, ip: str, *, transport: str = "u1", scenario: Path | None = None,
-        port: int = 5060) -> Sipp:
-    """A SIPp gateway/PBX UAS on ip:port."""
+        port: int = 5060, tag: str = "") -> Sipp:
+    """A SIPp gateway/PBX UAS on ip:port (``tag`` names a restarted one's own folder)."""
     scen = scenario or BENCH_SCENARIOS / "uas.xml"
-    sipp = make(f"uas-{ip}-{port}", ["-sf", str(scen), "-i", ip, "-p", str(port), "-t",  # type: ignore[operator]
+    sipp = make(f"uas-{ip}-{port}{tag}", ["-sf", str(scen), "-i", ip, "-p", str(port), "-t",  # type: ignore[operator]
                                      transport, "-m", "1000000", "-trace_msg",
                                      "-message_file", "messages.log"])
     deadline = time.monotonic() + 5
