@@ -72,7 +72,12 @@ def localize_request_uri(uri: Uri, domain_host: bytes) -> bytes:
     ``sip:+14155550100@10.0.0.5:5080;user=phone`` →
     ``sip:+14155550100@example.sip.ashburn-ix.twilio.com;user=phone``. The port is dropped:
     the domain is a name, and the gateway address is the next hop, not the URI.
+
+    A ``tel:`` URI has no host to replace; it is mapped to a SIP URI as RFC 3261 §19.1.6
+    describes (``tel:+1415;postd=pp22`` → ``sip:+1415;postd=pp22@host;user=phone``).
     """
+    if uri.scheme == b"tel":
+        return b"sip:%s@%s;user=phone" % (uri.raw[uri.host_start:uri.params_end], domain_host)
     return uri.with_host(domain_host, None)
 
 
