@@ -60,6 +60,7 @@ from sipedge.sip.message import (
     ForwardPlan,
     Request,
     Response,
+    answer_parse_error,
     build_ack,
     build_cancel,
     build_response,
@@ -322,17 +323,31 @@ class ProxyCore:
         if exc.status is None or isinstance(msg, Response) or data.startswith(b"SIP/"):
             self._events.append(MessageDropped(peer, f"unparseable: {exc.reason}"))
             return
+        if (self.settings.reject_unknown is RejectUnknown.DROP
+                and classify_source(peer.host, self.settings.inside_allow, self._gateway_hosts)
+                is Direction.UNKNOWN):
+            # A stranger's garbage is dropped like its valid requests: scanners learn nothing.
+            self.stats.unknown_source_dropped += 1
+            self._events.append(MessageDropped(peer, "source not allowed"))
+            return
+        reply: bytes | None = None
+        dest = peer
         if isinstance(msg, Request):
             try:
                 reply = build_response(msg, exc.status, headers=exc.extra_headers,
                                        to_tag=self._new_tag())
+                dest = _response_dest(msg, peer)
             except SipError:
                 reply = None
-            if reply is not None:
-                self.stats.parse_errors_answered += 1
-                self._outbox.append(Send(reply, _response_dest(msg, peer), local))
-                self._events.append(RequestRejected(peer, exc.status, exc.reason))
-                return
+        if reply is None:
+            # parse() itself failed (no Request to copy from): scan the raw header lines
+            # leniently for Via/From/To/Call-ID/CSeq (RFC 3261 §16.3, §8.2.6).
+            reply = answer_parse_error(data, exc, to_tag=self._new_tag())
+        if reply is not None:
+            self.stats.parse_errors_answered += 1
+            self._outbox.append(Send(reply, dest, local))
+            self._events.append(RequestRejected(peer, exc.status, exc.reason))
+            return
         # Without the mandatory headers no answer can be built (RFC 3261 §8.2.6 copies them).
         self._events.append(MessageDropped(peer, f"unanswerable ({exc.status}): {exc.reason}"))
 
