@@ -1,0 +1,773 @@
+"""ProxyCore fed bytes and a fake clock; assertions on the bytes that leave and where.
+
+RFC 3261 §16 (proxy behaviour), §17 (transactions), issue #3 (routing both ways) and issue #4
+(per-call failover, probes). No socket, no mock: ``tests.helpers.wire.ProxyHarness`` drives
+the real core.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sipedge.gateway.health import GatewayStateChanged, Health
+from sipedge.proxy.events import (
+    CallFailedOver,
+    DeprecatedParameterSeen,
+    MessageDropped,
+    RequestRejected,
+)
+from sipedge.proxy.settings import RejectUnknown
+from sipedge.sip.address import Endpoint
+from tests.helpers.wire import (
+    CALLEE,
+    INSIDE,
+    OREGON,
+    OUTSIDE,
+    PBX,
+    STRANGER,
+    VIRGINIA,
+    ProxyHarness,
+    branch_of,
+    calls,
+    first_line,
+    header,
+    headers,
+    make_request,
+    make_response,
+    responses,
+    status_of,
+    to,
+)
+
+ASHBURN = b"example.sip.ashburn-ix.twilio.com"
+SAN_JOSE = b"example.sip.san-jose-ix.twilio.com"
+SDP = b"v=0\r\no=pbx 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+
+
+def pbx_via(n: int = 1, port: int = 5060, rport: bool = True) -> bytes:
+    return b"SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK-pbx-%d%s" % (port, n, b";rport" if rport else b"")
+
+
+def invite(n: int = 1, *, ruri: bytes = b"sip:+14155550100@127.0.0.1:5080;user=phone",
+           via: bytes | None = None, **kw: object) -> bytes:
+    """An outbound INVITE as the PBX sends it to sipedge's inside listener."""
+    kw.setdefault("headers", [(b"Contact", b"<sip:pbx@127.0.0.1:5060>"),
+                              (b"X-Custom", b"Keep  Me ;exactly"),
+                              (b"Content-Type", b"application/sdp")])
+    kw.setdefault("body", SDP)
+    return make_request(b"INVITE", ruri, via=[via or pbx_via(n)],
+                        call_id=b"call-%d@127.0.0.1" % n, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def h() -> ProxyHarness:
+    """A harness whose six gateways are all UP."""
+    harness = ProxyHarness()
+    harness.bring_up()
+    return harness
+
+
+def place(h: ProxyHarness, n: int = 1, **kw: object) -> tuple[bytes, bytes]:
+    """PBX sends INVITE n; returns (the INVITE, what the first gateway received)."""
+    data = invite(n, **kw)
+    out = calls(h.feed(data, PBX))
+    assert len(out) == 1, out
+    return data, out[0].data
+
+
+def only_invite_to(sends: list, dest: Endpoint) -> bytes:
+    out = calls(sends)
+    assert [s.dest for s in out] == [dest], [s.dest for s in out]
+    assert out[0].local == OUTSIDE
+    return out[0].data
+
+
+# ---------------------------------------------------------------------------- outbound INVITE
+
+
+def test_invite_answered_100_trying_to_caller(h: ProxyHarness) -> None:
+    out = h.feed(invite(), PBX)
+    trying = responses(out, 100)
+    assert len(trying) == 1
+    assert trying[0].dest == PBX and trying[0].local == INSIDE
+    assert header(trying[0].data, b"Via") == pbx_via()
+    assert header(trying[0].data, b"Call-ID") == b"call-1@127.0.0.1"
+    assert header(trying[0].data, b"CSeq") == b"1 INVITE"
+
+
+def test_invite_forwarded_to_first_virginia_gateway_with_localized_uri(h: ProxyHarness) -> None:
+    out = h.feed(invite(), PBX)
+    data = only_invite_to(out, VIRGINIA[0])
+    assert first_line(data) == b"INVITE sip:+14155550100@" + ASHBURN + b";user=phone SIP/2.0"
+
+
+def test_invite_forwarded_with_our_via_on_top(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    vias = headers(fwd, b"Via")
+    assert len(vias) == 2
+    assert vias[0].startswith(b"SIP/2.0/UDP 127.0.0.3:5060;branch=z9hG4bK-se")
+    assert vias[1].startswith(b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-pbx-1")
+
+
+def test_invite_forwarded_with_max_forwards_decremented(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    assert headers(fwd, b"Max-Forwards") == [b"69"]
+
+
+def test_invite_forwarded_with_double_record_route_outside_then_inside(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    assert headers(fwd, b"Record-Route") == [b"<sip:127.0.0.3:5060;lr>", b"<sip:127.0.0.1:5080;lr>"]
+
+
+def test_invite_forwarded_with_rport_and_received_when_source_port_differs(
+        h: ProxyHarness) -> None:
+    caller = Endpoint("udp", "127.0.0.1", 40000)
+    out = h.feed(invite(), caller)
+    fwd = calls(out)[0].data
+    assert headers(fwd, b"Via")[1] == pbx_via(rport=False) + b";rport=40000;received=127.0.0.1"
+    # RFC 3581 §4: the response goes back to the source port.
+    assert responses(out, 100)[0].dest == caller
+
+
+def test_invite_forwarded_without_received_when_via_matches_source(h: ProxyHarness) -> None:
+    out = h.feed(invite(via=pbx_via(rport=False)), PBX)
+    assert headers(calls(out)[0].data, b"Via")[1] == pbx_via(rport=False)
+
+
+def test_invite_forwarded_other_bytes_unchanged(h: ProxyHarness) -> None:
+    original, fwd = place(h)
+    vias = headers(fwd, b"Via")
+    # Undo exactly the spans sipedge may change; what is left must be the original bytes.
+    undone = fwd.replace(b"Via: " + vias[0] + b"\r\n", b"", 1)
+    for rr in headers(fwd, b"Record-Route"):
+        undone = undone.replace(b"Record-Route: " + rr + b"\r\n", b"", 1)
+    undone = undone.replace(b"sip:+14155550100@" + ASHBURN, b"sip:+14155550100@127.0.0.1:5080", 1)
+    undone = undone.replace(b"Max-Forwards: 69", b"Max-Forwards: 70", 1)
+    undone = undone.replace(vias[1], pbx_via(), 1)
+    assert undone == original
+    assert fwd.endswith(b"\r\n\r\n" + SDP)
+
+
+def test_invite_user_part_and_params_kept_port_dropped(h: ProxyHarness) -> None:
+    _, fwd = place(h, ruri=b"sip:alice;ext=12@10.1.2.3:5999;transport=udp;foo=bar")
+    assert first_line(fwd) == b"INVITE sip:alice;ext=12@" + ASHBURN + b";transport=udp;foo=bar SIP/2.0"
+
+
+def test_invite_tel_uri_mapped_to_sip_uri_at_interconnect_domain(h: ProxyHarness) -> None:
+    # RFC 3261 §19.1.6: a tel URI becomes sip:<number>@host;user=phone.
+    _, fwd = place(h, ruri=b"tel:+14155550100")
+    assert first_line(fwd) == b"INVITE sip:+14155550100@" + ASHBURN + b";user=phone SIP/2.0"
+
+
+def test_invite_round_robin_across_virginia_gateways(h: ProxyHarness) -> None:
+    dests = []
+    for n in range(1, 7):
+        out = calls(h.feed(invite(n), PBX))
+        dests.append(out[0].dest)
+    assert dests == [*VIRGINIA, *VIRGINIA]
+
+
+def test_invite_branches_differ_per_call(h: ProxyHarness) -> None:
+    _, a = place(h, 1)
+    _, b = place(h, 2)
+    assert branch_of(headers(a, b"Via")[0]) != branch_of(headers(b, b"Via")[0])
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+def test_180_forwarded_upstream_with_our_via_stripped(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    ringing = make_response(fwd, 180, b"Ringing")
+    out = h.feed(ringing, VIRGINIA[0])
+    assert len(out) == 1
+    assert out[0].dest == PBX and out[0].local == INSIDE
+    assert first_line(out[0].data) == b"SIP/2.0 180 Ringing"
+    assert headers(out[0].data, b"Via") == [pbx_via(rport=False) + b";rport=5060;received=127.0.0.1"]
+    # Only our Via line is gone; everything else byte-exact.
+    assert out[0].data == ringing.replace(b"Via: " + headers(fwd, b"Via")[0] + b"\r\n", b"")
+
+
+def test_200_forwarded_upstream(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    ok = make_response(fwd, 200, b"OK", headers_=[(b"Contact", b"<sip:gw@127.0.0.64>")], body=SDP)
+    out = h.feed(ok, VIRGINIA[0])
+    assert [(s.dest, first_line(s.data)) for s in out] == [(PBX, b"SIP/2.0 200 OK")]
+    assert out[0].data.endswith(SDP)
+    assert headers(out[0].data, b"Record-Route") == headers(fwd, b"Record-Route")
+
+
+def test_100_from_gateway_absorbed(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    assert h.feed(make_response(fwd, 100, b"Trying"), VIRGINIA[0]) == []
+
+
+def test_invite_retransmission_answered_with_last_response(h: ProxyHarness) -> None:
+    original, fwd = place(h)
+    h.feed(make_response(fwd, 180, b"Ringing"), VIRGINIA[0])
+    out = h.feed(original, PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 180)]
+    assert calls(out) == []
+
+
+def test_invite_retransmission_before_response_answered_100(h: ProxyHarness) -> None:
+    original, _ = place(h)
+    out = h.feed(original, PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 100)]
+
+
+def test_final_response_retransmitted_until_ack(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    h.feed(make_response(fwd, 486, b"Busy Here"), VIRGINIA[0])
+    # RFC 3261 §17.2.1 Timer G: the 486 is re-sent to the PBX until it ACKs.
+    out = h.advance(0.6)
+    assert [status_of(s) for s in to(out, PBX)] == [486]
+
+
+# ---------------------------------------------------------------------------- failover
+
+
+def test_failover_after_no_provisional_timeout_uses_new_branch(h: ProxyHarness) -> None:
+    _, first = place(h)
+    out = h.advance(3.9)
+    assert calls(out) == [] or {s.dest for s in calls(out)} == {VIRGINIA[0]}  # Timer A only
+    out = h.advance(0.2)
+    second = only_invite_to([s for s in out if s.dest != VIRGINIA[0]], VIRGINIA[1])
+    assert header(second, b"Call-ID") == header(first, b"Call-ID")
+    assert header(second, b"CSeq") == header(first, b"CSeq")
+    assert branch_of(headers(second, b"Via")[0]) != branch_of(headers(first, b"Via")[0])
+    assert first_line(second) == first_line(first)
+    assert any(isinstance(e, CallFailedOver) and e.reason == "no provisional response"
+               for e in h.events)
+
+
+def test_failover_stops_retransmitting_to_abandoned_gateway(h: ProxyHarness) -> None:
+    place(h)
+    h.advance(4.1)
+    out = h.advance(10)
+    assert to(calls(out), VIRGINIA[0]) == []
+
+
+@pytest.mark.parametrize("status,extra", [
+    (503, []), (503, [(b"Retry-After", b"30")]), (500, []), (408, []), (504, []),
+])
+def test_failover_on_final_response_moves_to_next_gateway(
+        h: ProxyHarness, status: int, extra: list[tuple[bytes, bytes]]) -> None:
+    _, fwd = place(h)
+    out = h.feed(make_response(fwd, status, b"Failed", headers_=extra), VIRGINIA[0])
+    # Hop-by-hop ACK for the non-2xx (RFC 3261 §17.1.1.3) back to the failed gateway.
+    acks = calls(out, b"ACK")
+    assert [s.dest for s in acks] == [VIRGINIA[0]]
+    assert branch_of(headers(acks[0].data, b"Via")[0]) == branch_of(headers(fwd, b"Via")[0])
+    second = only_invite_to(out, VIRGINIA[1])
+    assert header(second, b"Call-ID") == b"call-1@127.0.0.1"
+    assert responses(out) == []  # nothing upstream yet
+
+
+def test_failover_503_retry_after_marks_gateway_down_for_that_long(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    h.feed(make_response(fwd, 503, b"Busy", headers_=[(b"Retry-After", b"30")]), VIRGINIA[0])
+    gid = h.gateway_id(VIRGINIA[0])
+    assert h.state(VIRGINIA[0]) is Health.DOWN
+    held = h.pool.record(gid).held_until
+    assert held is not None and held == pytest.approx(h.now + 30)
+    assert [e for e in h.events if isinstance(e, GatewayStateChanged)][0].gateway_id == gid
+    # New calls skip it while held.
+    dests = [calls(h.feed(invite(n), PBX))[0].dest for n in range(2, 6)]
+    assert VIRGINIA[0] not in dests
+
+
+def test_failover_503_without_retry_after_does_not_hold_gateway(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    h.feed(make_response(fwd, 503, b"Busy"), VIRGINIA[0])
+    assert h.state(VIRGINIA[0]) is Health.UP
+    assert h.pool.record(h.gateway_id(VIRGINIA[0])).held_until is None
+
+
+def test_failover_on_transport_error_is_immediate(h: ProxyHarness) -> None:
+    place(h)
+    out = h.transport_error(VIRGINIA[0])
+    only_invite_to(out, VIRGINIA[1])
+
+
+def test_failover_after_virginia_exhausted_goes_to_oregon_domain(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    for gw in VIRGINIA:
+        out = h.feed(make_response(fwd, 503, b"Unavailable"), gw)
+        nxt = calls(out)
+        assert len(nxt) == 1
+        fwd = nxt[0].data
+    assert calls(out)[0].dest == OREGON[0]
+    assert first_line(fwd) == b"INVITE sip:+14155550100@" + SAN_JOSE + b";user=phone SIP/2.0"
+
+
+def test_invite_routed_to_oregon_when_virginia_down() -> None:
+    h = ProxyHarness()
+    h.bring_up(OREGON)  # Virginia never answers its probes
+    h.advance(30)
+    assert {h.state(gw) for gw in VIRGINIA} == {Health.DOWN}
+    out = h.feed(invite(), PBX)
+    data = only_invite_to(out, OREGON[0])
+    assert first_line(data) == b"INVITE sip:+14155550100@" + SAN_JOSE + b";user=phone SIP/2.0"
+
+
+def test_no_failover_after_2xx(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    h.feed(make_response(fwd, 200, b"OK"), VIRGINIA[0])
+    out = h.advance(40)
+    assert calls(out) == []
+    assert not any(isinstance(e, CallFailedOver) for e in h.events)
+
+
+def test_no_failover_after_cancel_on_failover_code(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    h.feed(make_response(fwd, 180, b"Ringing"), VIRGINIA[0])
+    h.feed(make_request(b"CANCEL", b"sip:+14155550100@127.0.0.1:5080;user=phone",
+                        via=[pbx_via()], call_id=b"call-1@127.0.0.1"), PBX)
+    out = h.feed(make_response(fwd, 503, b"Unavailable"), VIRGINIA[0])
+    assert calls(out) == []
+
+
+def test_no_failover_after_cancel_before_provisional(h: ProxyHarness) -> None:
+    place(h)
+    h.feed(make_request(b"CANCEL", b"sip:+14155550100@127.0.0.1:5080;user=phone",
+                        via=[pbx_via()], call_id=b"call-1@127.0.0.1"), PBX)
+    out = h.advance(10)
+    assert [s for s in calls(out) if s.dest != VIRGINIA[0]] == []
+
+
+@pytest.mark.parametrize("status", [404, 486, 603])
+def test_no_failover_on_final_response_not_in_failover_codes(h: ProxyHarness, status: int) -> None:
+    _, fwd = place(h)
+    out = h.feed(make_response(fwd, status, b"No"), VIRGINIA[0])
+    assert calls(out) == []
+    assert [(s.dest, status_of(s)) for s in responses(out)] == [(PBX, status)]
+
+
+def test_all_gateways_503_answered_500_upstream(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    for gw in (*VIRGINIA, *OREGON):
+        out = h.feed(make_response(fwd, 503, b"Unavailable"), gw)
+        if gw != OREGON[-1]:
+            fwd = calls(out)[0].data
+    final = responses(out)
+    assert [(s.dest, status_of(s)) for s in final] == [(PBX, 500)]
+
+
+def test_best_response_forwarded_when_all_fail(h: ProxyHarness) -> None:
+    # 408 beats 503 (RFC 3261 §16.7 step 6: 503 is never the best).
+    _, fwd = place(h)
+    codes = [503, 408, 503, 500, 503, 503]
+    for gw, code in zip((*VIRGINIA, *OREGON), codes, strict=True):
+        out = h.feed(make_response(fwd, code, b"X"), gw)
+        if gw != OREGON[-1]:
+            fwd = calls(out)[0].data
+    assert [status_of(s) for s in responses(out)] == [408]
+
+
+def test_no_usable_gateway_answers_503_with_retry_after_at_once() -> None:
+    h = ProxyHarness()
+    h.bring_up(())  # nobody answers: all go DOWN
+    h.advance(30)
+    assert {h.state(gw) for gw in (*VIRGINIA, *OREGON)} == {Health.DOWN}
+    out = h.feed(invite(), PBX)
+    assert calls(out) == []
+    final = [s for s in responses(out) if status_of(s) >= 200]
+    assert [(s.dest, status_of(s)) for s in final] == [(PBX, 503)]
+    assert header(final[0].data, b"Retry-After") is not None
+    assert h.core.stats.no_gateway_503 == 1
+
+
+def test_all_attempts_timing_out_answers_408(h: ProxyHarness) -> None:
+    place(h)
+    out = h.advance(6 * 4 + 1)
+    invites = calls(out)
+    assert {s.dest for s in invites} == set(VIRGINIA) | set(OREGON)  # incl. Timer A to the 1st
+    final = [s for s in responses(out) if status_of(s) >= 200]
+    # 408, then its Timer G retransmissions until the PBX ACKs.
+    assert {(s.dest, status_of(s)) for s in final} == {(PBX, 408)}
+
+
+# ---------------------------------------------------------------------------- CANCEL
+
+
+def cancel(n: int = 1) -> bytes:
+    return make_request(b"CANCEL", b"sip:+14155550100@127.0.0.1:5080;user=phone",
+                        via=[pbx_via(n)], call_id=b"call-%d@127.0.0.1" % n)
+
+
+def test_cancel_answered_200_and_sent_to_gateway_with_provisional(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    h.feed(make_response(fwd, 180, b"Ringing"), VIRGINIA[0])
+    out = h.feed(cancel(), PBX)
+    assert [(s.dest, first_line(s.data)) for s in responses(out)] == [(PBX, b"SIP/2.0 200 OK")]
+    assert header(responses(out)[0].data, b"CSeq") == b"1 CANCEL"
+    downstream = calls(out, b"CANCEL")
+    assert [(s.dest, s.local) for s in downstream] == [(VIRGINIA[0], OUTSIDE)]
+    # RFC 3261 §9.1: same R-URI and top Via branch as the INVITE it cancels.
+    assert first_line(downstream[0].data).split()[1] == first_line(fwd).split()[1]
+    assert headers(downstream[0].data, b"Via") == [headers(fwd, b"Via")[0]]
+
+
+def test_cancel_487_from_gateway_forwarded_upstream(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    h.feed(make_response(fwd, 180, b"Ringing"), VIRGINIA[0])
+    out = h.feed(cancel(), PBX)
+    h.feed(make_response(calls(out, b"CANCEL")[0].data, 200, b"OK"), VIRGINIA[0])
+    out = h.feed(make_response(fwd, 487, b"Request Terminated"), VIRGINIA[0])
+    assert [(s.dest, status_of(s)) for s in responses(out)] == [(PBX, 487)]
+    assert [s.dest for s in calls(out, b"ACK")] == [VIRGINIA[0]]
+
+
+def test_cancel_before_provisional_answers_487_and_cancels_on_1xx(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    out = h.feed(cancel(), PBX)
+    assert sorted(status_of(s) for s in responses(out)) == [200, 487]
+    assert calls(out, b"CANCEL") == []
+    out = h.feed(make_response(fwd, 180, b"Ringing"), VIRGINIA[0])
+    assert [s.dest for s in calls(out, b"CANCEL")] == [VIRGINIA[0]]
+    assert responses(out) == []  # the 180 does not follow the 487 upstream
+
+
+def test_cancel_without_matching_transaction_answered_481(h: ProxyHarness) -> None:
+    out = h.feed(cancel(9), PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 481)]
+
+
+# ---------------------------------------------------------------------------- ACK and in-dialog
+
+
+def test_ack_for_non_2xx_absorbed(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    h.feed(make_response(fwd, 486, b"Busy Here"), VIRGINIA[0])
+    ack = make_request(b"ACK", b"sip:+14155550100@127.0.0.1:5080;user=phone", via=[pbx_via()],
+                       to=b"<sip:+14155550100@127.0.0.1:5080>;tag=gwtag",
+                       call_id=b"call-1@127.0.0.1")
+    assert h.feed(ack, PBX) == []
+    assert h.advance(5) == [] or calls(h.sent, b"ACK") == [
+        s for s in calls(h.sent, b"ACK") if s.dest == VIRGINIA[0]]
+    assert [s for s in calls(h.sent, b"ACK") if s.dest == VIRGINIA[0] and s.local == INSIDE] == []
+
+
+def in_dialog(method: bytes, ruri: bytes, routes: list[bytes], via: bytes, *,
+              from_: bytes, to_: bytes, cseq: int = 2) -> bytes:
+    return make_request(method, ruri, via=[via], from_=from_, to=to_,
+                        call_id=b"call-1@127.0.0.1", cseq=cseq,
+                        headers=[(b"Route", r) for r in routes])
+
+
+def test_ack_for_2xx_routed_by_route_to_request_uri(h: ProxyHarness) -> None:
+    ack = in_dialog(b"ACK", b"sip:gw@127.0.0.64:5060",
+                    [b"<sip:127.0.0.1:5080;lr>", b"<sip:127.0.0.3:5060;lr>"],
+                    b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-pbx-ack",
+                    from_=b"<sip:pbx@127.0.0.1>;tag=pbxtag1",
+                    to_=b"<sip:+14155550100@127.0.0.1>;tag=gwtag", cseq=1)
+    out = h.feed(ack, PBX)
+    assert [(s.dest, s.local) for s in out] == [(VIRGINIA[0], OUTSIDE)]
+    data = out[0].data
+    assert first_line(data) == b"ACK sip:gw@127.0.0.64:5060 SIP/2.0"
+    assert headers(data, b"Route") == []
+    assert headers(data, b"Via")[0].startswith(b"SIP/2.0/UDP 127.0.0.3:5060;branch=z9hG4bK-se")
+    assert headers(data, b"Record-Route") == []
+
+
+def test_bye_from_pbx_routed_to_twilio_from_outside_listener(h: ProxyHarness) -> None:
+    bye = in_dialog(b"BYE", b"sip:gw@127.0.0.65:5060",
+                    [b"<sip:127.0.0.1:5080;lr>", b"<sip:127.0.0.3:5060;lr>"],
+                    b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-pbx-bye",
+                    from_=b"<sip:pbx@127.0.0.1>;tag=pbxtag1",
+                    to_=b"<sip:+14155550100@127.0.0.1>;tag=gwtag")
+    out = h.feed(bye, PBX)
+    fwd = calls(out, b"BYE")
+    assert [(s.dest, s.local) for s in fwd] == [(VIRGINIA[1], OUTSIDE)]
+    assert headers(fwd[0].data, b"Route") == []
+    assert headers(fwd[0].data, b"Max-Forwards") == [b"69"]
+    # The 200 comes back through us to the PBX.
+    out = h.feed(make_response(fwd[0].data, 200, b"OK", to_tag=None), VIRGINIA[1])
+    assert [(s.dest, s.local, status_of(s)) for s in out] == [(PBX, INSIDE, 200)]
+
+
+def test_bye_from_twilio_routed_to_pbx_from_inside_listener(h: ProxyHarness) -> None:
+    bye = in_dialog(b"BYE", b"sip:pbx@127.0.0.10:5060",
+                    [b"<sip:127.0.0.3:5060;lr>", b"<sip:127.0.0.1:5080;lr>"],
+                    b"SIP/2.0/UDP 127.0.0.64:5060;branch=z9hG4bK-gw-bye",
+                    from_=b"<sip:+14155550100@twilio>;tag=gwtag",
+                    to_=b"<sip:pbx@127.0.0.1>;tag=pbxtag1")
+    out = h.feed(bye, VIRGINIA[0])
+    fwd = calls(out, b"BYE")
+    assert [(s.dest, s.local) for s in fwd] == [(CALLEE, INSIDE)]
+    assert headers(fwd[0].data, b"Via")[0].startswith(b"SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-se")
+    out = h.feed(make_response(fwd[0].data, 200, b"OK", to_tag=None), CALLEE)
+    assert [(s.dest, s.local, status_of(s)) for s in out] == [(VIRGINIA[0], OUTSIDE, 200)]
+
+
+# ---------------------------------------------------------------------------- inbound
+
+
+def inbound_invite(ruri: bytes = b"sip:+14155550100@127.0.0.3:5060;edge=ashburn-ix") -> bytes:
+    return make_request(b"INVITE", ruri, via=[b"SIP/2.0/UDP 127.0.0.64:5060;branch=z9hG4bK-gw-1"],
+                        from_=b"<sip:+12125550100@example.sip.twilio.com>;tag=tw1",
+                        to=b"<sip:+14155550100@example.sip.twilio.com>",
+                        call_id=b"tw-call-1", headers=[(b"Content-Type", b"application/sdp")],
+                        body=SDP)
+
+
+def test_inbound_invite_sent_to_pbx_with_request_uri_unchanged(h: ProxyHarness) -> None:
+    out = h.feed(inbound_invite(), VIRGINIA[0])
+    assert [(s.dest, s.local, status_of(s)) for s in responses(out)] == [(VIRGINIA[0], OUTSIDE, 100)]
+    fwd = calls(out)
+    assert [(s.dest, s.local) for s in fwd] == [(CALLEE, INSIDE)]
+    data = fwd[0].data
+    assert first_line(data) == b"INVITE sip:+14155550100@127.0.0.3:5060;edge=ashburn-ix SIP/2.0"
+    assert headers(data, b"Record-Route") == [b"<sip:127.0.0.1:5080;lr>", b"<sip:127.0.0.3:5060;lr>"]
+    assert headers(data, b"Via")[0].startswith(b"SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-se")
+    assert h.core.stats.edge_param_seen == 1
+    # And the answer travels back to the gateway.
+    out = h.feed(make_response(data, 180, b"Ringing"), CALLEE)
+    assert [(s.dest, s.local, status_of(s)) for s in out] == [(VIRGINIA[0], OUTSIDE, 180)]
+
+
+def test_inbound_tnx_param_reports_deprecated_parameter(h: ProxyHarness) -> None:
+    out = h.feed(inbound_invite(b"sip:+14155550100@127.0.0.3;tnx=ie1-ix"), VIRGINIA[0])
+    assert first_line(calls(out)[0].data) == b"INVITE sip:+14155550100@127.0.0.3;tnx=ie1-ix SIP/2.0"
+    seen = [e for e in h.events if isinstance(e, DeprecatedParameterSeen)]
+    assert seen == [DeprecatedParameterSeen(VIRGINIA[0], "ie1-ix")]
+
+
+def test_inbound_edge_and_tnx_removed_when_strip_edge_params() -> None:
+    h = ProxyHarness(settings_overrides={"strip_edge_params": True})
+    h.bring_up()
+    out = h.feed(inbound_invite(b"sip:+14155550100@127.0.0.3;edge=ashburn-ix;user=phone;tnx=x"),
+                 VIRGINIA[0])
+    assert first_line(calls(out)[0].data) == b"INVITE sip:+14155550100@127.0.0.3;user=phone SIP/2.0"
+
+
+# ---------------------------------------------------------------------------- strangers
+
+
+def test_stranger_dropped_silently_and_counted(h: ProxyHarness) -> None:
+    out = h.feed(invite(), STRANGER)
+    assert out == []
+    assert h.core.stats.unknown_source_dropped == 1
+    assert [e for e in h.events if isinstance(e, MessageDropped)] == [
+        MessageDropped(STRANGER, "source not allowed")]
+
+
+def test_stranger_answered_403_when_reject_unknown_forbidden() -> None:
+    h = ProxyHarness(settings_overrides={"reject_unknown": RejectUnknown.FORBIDDEN})
+    h.bring_up()
+    out = h.feed(invite(), STRANGER)
+    assert [(s.dest, s.local, status_of(s)) for s in out] == [(STRANGER, INSIDE, 403)]
+
+
+# ---------------------------------------------------------------------------- §16.3 checks
+
+
+def test_max_forwards_zero_answered_483(h: ProxyHarness) -> None:
+    out = h.feed(invite(max_forwards=0), PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 483)]
+
+
+def test_proxy_require_answered_420_with_unsupported(h: ProxyHarness) -> None:
+    out = h.feed(invite(headers=[(b"Proxy-Require", b"foo, bar")]), PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 420)]
+    assert header(out[0].data, b"Unsupported") == b"foo, bar"
+
+
+def test_unknown_uri_scheme_answered_416(h: ProxyHarness) -> None:
+    out = h.feed(invite(ruri=b"soap.beep://example.com/x"), PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 416)]
+
+
+def test_sips_uri_forwarded_with_scheme_kept(h: ProxyHarness) -> None:
+    _, fwd = place(h, ruri=b"sips:+14155550100@127.0.0.1:5080")
+    assert first_line(fwd) == b"INVITE sips:+14155550100@" + ASHBURN + b" SIP/2.0"
+
+
+def test_loop_answered_482(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    # The forwarded INVITE comes back to us unchanged (a misrouted PBX trunk).
+    out = h.feed(fwd, PBX)
+    final = [s for s in responses(out) if status_of(s) >= 200]
+    assert [(s.dest, status_of(s)) for s in final] == [(PBX, 482)]
+    assert calls(out) == []
+    assert h.core.stats.loops_detected == 1
+
+
+# ---------------------------------------------------------------------------- OPTIONS to us
+
+
+def options_to_us() -> bytes:
+    return make_request(b"OPTIONS", b"sip:127.0.0.1:5080", via=[pbx_via(7)],
+                        to=b"<sip:127.0.0.1:5080>", call_id=b"opt-1")
+
+
+def test_options_to_sipedge_answered_200_when_gateway_up(h: ProxyHarness) -> None:
+    out = h.feed(options_to_us(), PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 200)]
+    assert header(out[0].data, b"Allow") is not None
+
+
+def test_options_to_sipedge_answered_503_when_no_gateway_up() -> None:
+    h = ProxyHarness()
+    out = h.feed(options_to_us(), PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 503)]
+
+
+def test_options_to_sipedge_from_twilio_answered_locally(h: ProxyHarness) -> None:
+    req = make_request(b"OPTIONS", b"sip:127.0.0.3:5060",
+                       via=[b"SIP/2.0/UDP 127.0.0.64:5060;branch=z9hG4bK-twping"],
+                       to=b"<sip:127.0.0.3>", call_id=b"tw-opt")
+    out = h.feed(req, VIRGINIA[0])
+    assert [(s.dest, s.local, status_of(s)) for s in out] == [(VIRGINIA[0], OUTSIDE, 200)]
+
+
+# ---------------------------------------------------------------------------- probes
+
+
+def test_start_probes_every_gateway_from_outside_listener() -> None:
+    h = ProxyHarness()
+    out = h.start()
+    probes = calls(out, b"OPTIONS")
+    assert sorted(s.dest.host for s in probes) == sorted(g.host for g in (*VIRGINIA, *OREGON))
+    assert {s.local for s in probes} == {OUTSIDE}
+    by_dest = {s.dest: s.data for s in probes}
+    for gw in VIRGINIA:
+        assert first_line(by_dest[gw]) == b"OPTIONS sip:" + ASHBURN + b" SIP/2.0"
+    for gw in OREGON:
+        assert first_line(by_dest[gw]) == b"OPTIONS sip:" + SAN_JOSE + b" SIP/2.0"
+    assert all(header(d, b"Via").startswith(b"SIP/2.0/UDP 127.0.0.3:5060;") for d in by_dest.values())
+
+
+def test_probe_replies_bring_gateway_up_after_up_after() -> None:
+    h = ProxyHarness()
+    out = h.start()
+    h.answer_probes(out, only=[VIRGINIA[0]])
+    assert h.state(VIRGINIA[0]) is Health.PROBING
+    out = h.advance(5)
+    h.answer_probes(out, only=[VIRGINIA[0]])
+    assert h.state(VIRGINIA[0]) is Health.UP
+    changes = [e for e in h.events if isinstance(e, GatewayStateChanged)
+               and e.gateway_id == h.gateway_id(VIRGINIA[0])]
+    assert [(e.old, e.new) for e in changes] == [(Health.PROBING, Health.UP)]
+
+
+def test_probe_silence_takes_gateway_down_after_down_after() -> None:
+    h = ProxyHarness()
+    h.start()
+    h.advance(2.5)  # first probe timed out (probe_timeout_s = 2)
+    assert h.state(VIRGINIA[0]) is Health.PROBING
+    assert h.core.stats.probe_timeouts == 6
+    h.advance(15)
+    assert h.state(VIRGINIA[0]) is Health.DOWN
+    changes = [e for e in h.events if isinstance(e, GatewayStateChanged)]
+    assert sorted(e.gateway_id for e in changes) == sorted(h.gateway_id(g) for g in (*VIRGINIA, *OREGON))
+    assert {(e.old, e.new) for e in changes} == {(Health.PROBING, Health.DOWN)}
+    h.advance(30)
+    assert [e for e in h.events if isinstance(e, GatewayStateChanged)] == changes  # once
+
+
+def test_probe_503_retry_after_holds_gateway_down() -> None:
+    h = ProxyHarness(interval_up_s=1.0)
+    h.bring_up()
+    out = h.advance(1.1)
+    for s in calls(out, b"OPTIONS"):
+        if s.dest == VIRGINIA[2]:
+            h.feed(make_response(s.data, 503, b"Overloaded", headers_=[(b"Retry-After", b"60")]),
+                   s.dest)
+    assert h.state(VIRGINIA[2]) is Health.DOWN
+    held = h.pool.record(h.gateway_id(VIRGINIA[2])).held_until
+    assert held == pytest.approx(h.now + 60)
+    # Retry-After is honoured strictly: no probe to it during the hold-down.
+    out = h.advance(59)
+    assert to(calls(out, b"OPTIONS"), VIRGINIA[2]) == []
+
+
+# ---------------------------------------------------------------------------- malformed input
+
+
+@pytest.mark.parametrize("mutate,status", [
+    (lambda d: d.replace(b"SIP/2.0\r\n", b"SIP/7.0\r\n", 1), 505),
+    (lambda d: d.replace(b"CSeq: 1 INVITE", b"CSeq: 1 OPTIONS"), 400),
+    (lambda d: d.replace(b"Content-Length: %d" % len(SDP), b"Content-Length: 9999"), 400),
+])
+def test_malformed_request_answered_with_error_status(h: ProxyHarness, mutate, status) -> None:  # type: ignore[no-untyped-def]
+    data = invite()
+    out = h.feed(mutate(data), PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, status)]
+    assert calls(out) == []
+    assert [type(e) for e in h.events] == [RequestRejected]
+
+
+def test_malformed_request_from_stranger_dropped_silently(h: ProxyHarness) -> None:
+    bad = invite().replace(b"SIP/2.0\r\n", b"SIP/7.0\r\n", 1)
+    assert h.feed(bad, STRANGER) == []
+    assert h.core.stats.unknown_source_dropped == 1
+
+
+def test_request_without_mandatory_headers_dropped(h: ProxyHarness) -> None:
+    data = b"INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK-x\r\n\r\n"
+    assert h.feed(data, PBX) == []
+    assert h.core.stats.parse_errors == 1
+
+
+def test_unparseable_response_dropped_and_counted(h: ProxyHarness) -> None:
+    out = h.feed(b"SIP/2.0 4294967301 Huge\r\nVia: SIP/2.0/UDP 127.0.0.3:5060\r\n\r\n", VIRGINIA[0])
+    assert out == []
+    assert h.core.stats.parse_errors == 1
+    assert isinstance(h.events[-1], MessageDropped)
+
+
+def _corpus_root() -> Path:
+    env = os.environ.get("SIPEDGE_CORPUS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+
+
+CORPUS = sorted((_corpus_root() / "rfc4475").rglob("*.sip")) + sorted(
+    (_corpus_root() / "rfc5118").glob("*/*.sip"))
+
+
+@pytest.mark.skipif(not CORPUS, reason="corpus not found (SIPEDGE_CORPUS or ../shared/corpus)")
+@pytest.mark.parametrize("peer", [PBX, VIRGINIA[0]], ids=["pbx", "gateway"])
+def test_corpus_messages_never_raise_from_receive(peer: Endpoint) -> None:
+    h = ProxyHarness()
+    h.bring_up()
+    for path in CORPUS:
+        h.feed(path.read_bytes(), peer)
+        h.advance(1)
+    h.advance(100)
+    assert not any(isinstance(e, Exception) for e in h.events)
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def test_tables_empty_after_calls_complete_and_timers_run_out(h: ProxyHarness) -> None:
+    # A completed call, a rejected one, a failed-over one, a cancelled one, an inbound one.
+    _, fwd = place(h, 1)
+    h.feed(make_response(fwd, 180, b"Ringing"), VIRGINIA[0])
+    h.feed(make_response(fwd, 200, b"OK"), VIRGINIA[0])
+    _, fwd = place(h, 2)
+    h.feed(make_response(fwd, 486, b"Busy"), VIRGINIA[1])
+    _, fwd = place(h, 3)
+    h.feed(make_response(fwd, 500, b"Err"), VIRGINIA[2])
+    _, fwd4 = place(h, 4)
+    h.feed(make_response(fwd4, 180, b"Ringing"), VIRGINIA[0])
+    out = h.feed(cancel(4), PBX)
+    h.feed(make_response(calls(out, b"CANCEL")[0].data, 200, b"OK"), VIRGINIA[0])
+    h.feed(make_response(fwd4, 487, b"Terminated"), VIRGINIA[0])
+    out = h.feed(inbound_invite(), VIRGINIA[0])
+    h.feed(make_response(calls(out)[0].data, 603, b"Decline"), CALLEE)
+    h.feed(options_to_us(), PBX)
+    h.advance(64 * 0.5 + 40)
+    core = h.core
+    assert core._contexts == {}
+    assert core._branches == {}
+    assert core._branches_by_dest == {}
+    assert len(core._probes) <= 6
+    assert len(core._heap) <= 6
