@@ -119,6 +119,8 @@ class _Branch:
     abandoned: bool = False  # superseded by failover; its responses no longer decide
     is_cancel: bool = False  # our hop-by-hop CANCEL: its responses end here (§16.10)
     silenced: bool = False  # failed over before any reply: stop retransmitting the request
+    timer_c: float = 0.0  # RFC 3261 §16.6 step 11 deadline, armed by a 1xx (0 = not armed)
+    cancel_sent: bool = False
 
 
 @dataclass(slots=True)
@@ -668,6 +670,9 @@ class ProxyCore:
             self._respond(ctx, 487, now, b"Request Terminated")
 
     def _send_cancel(self, branch: _Branch, now: float) -> None:
+        # RFC 3261 §9.1: no final response 64*T1 after the CANCEL: give the branch up.
+        branch.cancel_sent = True
+        self._arm_timer_c(branch, now + 64 * self.settings.timers.t1)
         try:
             data = build_cancel(parse(branch.request))  # type: ignore[arg-type]
         except SipError:
@@ -746,6 +751,8 @@ class ProxyCore:
         if branch.is_cancel:
             return
         if status < 200:
+            if branch.tx.is_invite and not branch.cancel_sent:
+                self._arm_timer_c(branch, now + self.settings.timers.timer_c)  # §16.7 step 2
             if not branch.provisional:
                 branch.provisional = True
                 if branch.gateway is not None:
@@ -854,8 +861,33 @@ class ProxyCore:
         if deadline is not None:
             self._push(deadline, b"s", ctx.key)
 
+    def _arm_timer_c(self, branch: _Branch, deadline: float) -> None:
+        branch.timer_c = deadline
+        self._push(deadline, b"c", branch.key)
+
+    def _timer_c_fired(self, branch: _Branch, now: float) -> None:
+        """Timer C (RFC 3261 §16.6 step 11): a branch that rings forever must not leak."""
+        branch.timer_c = 0.0
+        if not branch.cancel_sent:
+            self._send_cancel(branch, now)  # had a provisional: CANCEL it
+            return
+        # The CANCEL got no final response either (§9.1): end the branch as if it said 408.
+        branch.final = 408
+        branch.abandoned = True
+        self._drop_branch(branch)
+        ctx = branch.ctx
+        if not ctx.done:
+            if ctx.cancelled:
+                self._respond(ctx, 487, now, b"Request Terminated")
+            else:
+                self._respond(ctx, 408, now, b"Request Timeout")
+
     def _branch_timer(self, branch: _Branch, now: float) -> None:
         ctx = branch.ctx
+        if branch.timer_c and now >= branch.timer_c and not branch.final:
+            self._timer_c_fired(branch, now)
+            if branch.key not in self._branches:
+                return
         if (branch.gateway is not None and not branch.abandoned and not branch.final
                 and not branch.provisional and not ctx.done and not ctx.cancelled
                 and now >= branch.sent_at + self.settings.no_provisional_timeout_s):
