@@ -43,11 +43,15 @@ __all__ = [
     "FakeClock",
     "ProxyHarness",
     "branch_of",
+    "calls",
     "first_line",
     "header",
     "headers",
     "make_request",
     "make_response",
+    "responses",
+    "status_of",
+    "to",
 ]
 
 INSIDE = Endpoint("udp", "127.0.0.1", 5080)

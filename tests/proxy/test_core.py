@@ -771,3 +771,38 @@ def test_tables_empty_after_calls_complete_and_timers_run_out(h: ProxyHarness) -
     assert core._branches_by_dest == {}
     assert len(core._probes) <= 6
     assert len(core._heap) <= 6
+
+
+def test_timer_c_cancels_branch_ringing_without_final(h: ProxyHarness) -> None:
+    # RFC 3261 §16.6 step 11: Timer C (> 3 min) then CANCEL; no final 64*T1 later → 408.
+    _, fwd = place(h)
+    h.feed(make_response(fwd, 180, b"Ringing"), VIRGINIA[0])
+    out = h.advance(179)
+    assert calls(out, b"CANCEL") == []
+    out = h.advance(2)
+    assert [s.dest for s in calls(out, b"CANCEL")][:1] == [VIRGINIA[0]]
+    out = h.advance(40)
+    assert {status_of(s) for s in responses(out) if s.dest == PBX} == {408}
+    h.advance(40)
+    assert h.core._contexts == {} and h.core._branches == {}
+
+
+def test_cancel_without_487_from_gateway_answers_487_after_64_t1(h: ProxyHarness) -> None:
+    # RFC 3261 §9.1: no final response 64*T1 after the CANCEL ends the branch.
+    _, fwd = place(h)
+    h.feed(make_response(fwd, 180, b"Ringing"), VIRGINIA[0])
+    h.feed(cancel(), PBX)
+    out = h.advance(31)
+    assert responses(out) == []
+    out = h.advance(2)
+    assert {status_of(s) for s in responses(out) if s.dest == PBX} == {487}
+    h.advance(40)
+    assert h.core._contexts == {} and h.core._branches == {}
+
+
+def test_late_provisional_on_abandoned_branch_is_cancelled(h: ProxyHarness) -> None:
+    _, first = place(h)
+    h.advance(4.1)  # failed over to the second gateway
+    out = h.feed(make_response(first, 180, b"Ringing"), VIRGINIA[0])
+    assert [s.dest for s in calls(out, b"CANCEL")] == [VIRGINIA[0]]
+    assert responses(out) == []  # the abandoned branch's 180 does not go upstream
