@@ -11,8 +11,10 @@ import logging
 import os
 import random
 import signal
+from collections.abc import Mapping
 
-from sipedge.config import Config
+from sipedge.admin import AdminServer
+from sipedge.config import Config, GatewayConfig
 from sipedge.gateway.health import GatewayStateChanged, HealthPolicy, ReplyCodes
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
@@ -26,9 +28,17 @@ from sipedge.proxy.events import (
     RequestRejected,
 )
 from sipedge.proxy.settings import ProxySettings, RejectUnknown
-from sipedge.sip.address import Endpoint, default_port
+from sipedge.sip.address import Endpoint
 from sipedge.transport import TlsSettings, Transports
 from sipedge.transport.base import TransportError
+from sipedge.transport.dns import (
+    Answer,
+    NameWatcher,
+    Query,
+    Rfc3263Resolver,
+    hold_unresolved,
+    is_placeholder,
+)
 from sipedge.transport.driver import CoreDriver
 
 __all__ = ["build_core", "run"]
@@ -36,17 +46,29 @@ __all__ = ["build_core", "run"]
 log = logging.getLogger("sipedge")
 
 
-def build_pool(config: Config, now: float) -> GatewayPool:
-    """Gateways from config, grouped by edge in priority order."""
+def build_pool(config: Config, now: float,
+               answers: Mapping[Query, Answer] | None = None) -> GatewayPool:
+    """Gateways from config, grouped by edge in priority order.
+
+    A gateway given as a name becomes its resolved targets (``answers``, RFC 3263): SRV
+    targets of the best priority join the edge's group, each lower SRV priority forms one
+    more group right after it (before the next edge). A name without an answer becomes a
+    placeholder held DOWN with reason "dns" (``transport.dns.hold_unresolved``).
+    """
     groups: list[list[Gateway]] = []
     for edge in config.edges:
-        group = []
+        ranked: list[list[Gateway]] = []
+        seen: set[Endpoint] = set()
         for gw in edge.gateways:
-            port = gw.port if gw.port is not None else default_port(gw.transport)
-            endpoint = Endpoint(gw.transport, gw.host, port)
-            group.append(Gateway.make(edge.name, edge.region, endpoint,
-                                      edge.localized_domain.encode("ascii"), gw.weight))
-        groups.append(group)
+            for rank, endpoint, weight in _targets(gw, answers or {}):
+                if endpoint in seen:  # two names (or a name and an IP) for one address
+                    continue
+                seen.add(endpoint)
+                while len(ranked) <= rank:
+                    ranked.append([])
+                ranked[rank].append(Gateway.make(edge.name, edge.region, endpoint,
+                                                 edge.localized_domain.encode("ascii"), weight))
+        groups.extend(group for group in ranked if group)
     probe = config.probe
     policy = HealthPolicy(
         down_after=probe.down_after,
@@ -54,7 +76,42 @@ def build_pool(config: Config, now: float) -> GatewayPool:
         healthy_codes=ReplyCodes(codes=probe.healthy_codes),
         retry_after_cap_s=probe.retry_after_max_s,
     )
-    return GatewayPool(groups, policy, now=now)
+    pool = GatewayPool(groups, policy, now=now)
+    hold_unresolved(pool, now)
+    return pool
+
+
+# -- DNS gateways (RFC 3263, issue 4) ---------------------------------------------------------
+
+#: How long the start waits for the first answers; later answers rebuild the pool.
+DNS_START_WAIT_S = 2.0
+DNS_MIN_TTL_S = 30.0
+DNS_MAX_TTL_S = 3600.0
+
+
+def dns_queries(config: Config) -> list[Query]:
+    """The gateway names of ``config`` to resolve (IP literals need no DNS)."""
+    return [Query(gw.host, gw.port, gw.transport)
+            for edge in config.edges for gw in edge.gateways if not gw.is_ip]
+
+
+def _targets(gw: GatewayConfig,
+             answers: Mapping[Query, Answer]) -> list[tuple[int, Endpoint, int]]:
+    """(rank, endpoint, weight) of one configured gateway; rank 0 = the edge's group."""
+    if gw.is_ip:
+        return [(0, gw.endpoint, gw.weight)]
+    answer = answers.get(Query(gw.host, gw.port, gw.transport))
+    if answer is None:
+        return [(0, gw.endpoint, gw.weight)]  # placeholder: the name, held DOWN (dns)
+    priorities = sorted({t.priority for t in answer.targets})
+    # RFC 2782: weight 0 targets get a small share; the pool needs >= 1.
+    return [(priorities.index(t.priority), t.endpoint,
+             max(1, t.weight) if answer.srv else gw.weight) for t in answer.targets]
+
+
+def probed_ids(pool: GatewayPool) -> list[str]:
+    """Gateways to probe: all but DNS placeholders (a send to a name would block)."""
+    return [g.id for g in pool.gateways() if not is_placeholder(g)]
 
 
 def build_settings(config: Config) -> ProxySettings:
@@ -76,15 +133,17 @@ def build_settings(config: Config) -> ProxySettings:
     )
 
 
-def build_core(config: Config, now: float) -> ProxyCore:
-    """A ready ``ProxyCore`` for ``config`` (no I/O)."""
+def build_core(config: Config, now: float,
+               answers: Mapping[Query, Answer] | None = None) -> ProxyCore:
+    """A ready ``ProxyCore`` for ``config`` (no I/O); names resolved as in ``answers``."""
     schedule = ProbeSchedule(rng=random.Random(), interval_up_s=config.probe.interval_up_s,
                              interval_down_s=config.probe.interval_down_s,
                              jitter=config.probe.jitter_fraction)
     instance = os.urandom(4).hex().encode("ascii")
-    core = ProxyCore(build_settings(config), build_pool(config, now), schedule,
-                     instance=instance)
+    pool = build_pool(config, now, answers)
+    core = ProxyCore(build_settings(config), pool, schedule, instance=instance)
     core.start(now)
+    core.schedule.sync(probed_ids(pool), now)
     return core
 
 
@@ -114,17 +173,17 @@ class EventLogger:
                              "use edge= instead", event.peer, event.value)
 
 
-def _sni_map(config: Config) -> dict[Endpoint, str]:
-    sni: dict[Endpoint, str] = {}
-    for edge in config.edges:
-        for gw in edge.gateways:
-            port = gw.port if gw.port is not None else default_port(gw.transport)
-            sni[Endpoint(gw.transport, gw.host, port)] = edge.localized_domain
-    return sni
+def _sni_map(pool: GatewayPool) -> dict[Endpoint, str]:
+    """TLS server name per gateway endpoint: its edge's localized domain."""
+    return {g.endpoint: g.domain_host.decode("ascii") for g in pool.gateways()}
 
 
-async def serve(config: Config, stop: asyncio.Event) -> int:
-    """Run sipedge until ``stop`` is set. Returns the process exit code."""
+async def serve(config: Config, stop: asyncio.Event, *,
+                resolver: Rfc3263Resolver | None = None) -> int:
+    """Run sipedge until ``stop`` is set. Returns the process exit code.
+
+    ``resolver`` overrides the system DNS configuration (tests point it at loopback).
+    """
     loop = asyncio.get_running_loop()
     core = build_core(config, loop.time())
     driver = CoreDriver(core, loop, EventLogger())
@@ -132,7 +191,7 @@ async def serve(config: Config, stop: asyncio.Event) -> int:
     if config.tls.cafile is not None:
         tls = TlsSettings(cafile=config.tls.cafile, certfile=config.tls.certfile,
                           keyfile=config.tls.keyfile)
-    sni = _sni_map(config)
+    sni = _sni_map(core.pool)
     transports = Transports(driver, tls=tls, sni_for=sni.get)
     driver.attach(transports)
     try:
@@ -141,6 +200,31 @@ async def serve(config: Config, stop: asyncio.Event) -> int:
         log.error("cannot listen: %s", exc)
         await transports.aclose()
         return 71  # EX_OSERR
+    admin: AdminServer | None = None
+    if config.admin.listen is not None:
+        admin = AdminServer(driver)
+        try:
+            await admin.start(config.admin.listen)
+        except OSError as exc:
+            log.error("cannot listen on admin %s: %s", config.admin.listen.hostport, exc)
+            await transports.aclose()
+            return 71  # EX_OSERR
+    watcher: NameWatcher | None = None
+    queries = dns_queries(config)
+    if queries:
+        def rebuild() -> None:
+            # A name's targets changed: new pool (health carried over), probes, SNI.
+            assert watcher is not None
+            now = loop.time()
+            pool = build_pool(config, now, watcher.answers())
+            core.reload_pool(pool, now, probed_ids(pool))
+            sni.clear()
+            sni.update(_sni_map(core.pool))
+            driver.flush()
+
+        watcher = NameWatcher(resolver or Rfc3263Resolver(), queries, rebuild,
+                              min_ttl_s=DNS_MIN_TTL_S, max_ttl_s=DNS_MAX_TTL_S)
+        await watcher.start(wait_s=DNS_START_WAIT_S)
     edges = ", ".join(f"{e.name} ({len(e.gateways)} gateways)" for e in config.edges)
     log.info("sipedge up: domain %s, edges %s", config.outside.domain, edges)
     driver.kick()
@@ -148,6 +232,10 @@ async def serve(config: Config, stop: asyncio.Event) -> int:
         await stop.wait()
     finally:
         log.info("sipedge stopping")
+        if watcher is not None:
+            await watcher.aclose()
+        if admin is not None:
+            await admin.aclose()
         driver.close()
         await transports.aclose()
     return 0

@@ -120,10 +120,12 @@ class Answer:
     Attributes:
         targets: every destination, ordered by (priority, -weight), then as answered.
         ttl_s: the smallest TTL among the records used (seconds, unclamped).
+        srv: True when the targets came from SRV records (their weights are meaningful).
     """
 
     targets: tuple[Target, ...]
     ttl_s: float
+    srv: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +145,13 @@ Resolution = Answer | Unresolved
 class _Lookup:
     """One resolution in progress: accumulates the minimum TTL."""
 
-    __slots__ = ("ttl", "why")
+    __slots__ = ("failed", "srv", "ttl", "why")
 
     def __init__(self) -> None:
         self.ttl: float | None = None
         self.why = "no records"
+        self.srv = False
+        self.failed = False  # a server failure (timeout, SERVFAIL), not "no such records"
 
     def seen(self, ttl: float) -> None:
         self.ttl = ttl if self.ttl is None else min(self.ttl, ttl)
@@ -192,18 +196,22 @@ class Rfc3263Resolver:
         elif query.host.startswith(("_sip.", "_sips.")):
             targets = await self._srv(query.host, query.transport, lookup)
         else:
+            # Fall back only on "no such records": after a timeout or SERVFAIL the next
+            # step would build a different (wrong) answer from a transient failure.
             targets = await self._naptr(query.host, query.transport, lookup)
-            if not targets:
+            if not targets and not lookup.failed:
                 srv_name = _SRV_PREFIX[query.transport] + query.host
                 targets = await self._srv(srv_name, query.transport, lookup)
-            if not targets:
+            if not targets and not lookup.failed:
                 port = default_port(query.transport)
                 targets = await self._addresses(query.host, port, query.transport, lookup)
         if not targets or lookup.ttl is None:
             return Unresolved(lookup.why)
-        unique = tuple(dict.fromkeys(targets))
-        ordered = sorted(unique, key=lambda t: (t.priority, -t.weight))
-        return Answer(tuple(ordered), lookup.ttl)
+        # Deterministic order (record order within an RRset is arbitrary), so an unchanged
+        # answer compares equal and does not rebuild the pool.
+        ordered = sorted(set(targets), key=lambda t: (t.priority, -t.weight, t.endpoint.host,
+                                                      t.endpoint.port))
+        return Answer(tuple(ordered), lookup.ttl, lookup.srv)
 
     async def _query(
         self, name: str, rdtype: dns.rdatatype.RdataType, lookup: _Lookup
@@ -214,14 +222,14 @@ class Rfc3263Resolver:
         except dns.resolver.NXDOMAIN:
             lookup.why = f"{name}: no such name"
             return None
-        except dns.resolver.NoNameservers as exc:
-            lookup.why = f"{name} {rdtype.name}: no nameserver answered ({exc})"
+        except dns.resolver.NoNameservers:
+            lookup.why, lookup.failed = f"{name} {rdtype.name}: no nameserver answered", True
             return None
         except dns.exception.Timeout:
-            lookup.why = f"{name} {rdtype.name}: timed out"
+            lookup.why, lookup.failed = f"{name} {rdtype.name}: timed out", True
             return None
         except dns.exception.DNSException as exc:
-            lookup.why = f"{name} {rdtype.name}: {exc}"
+            lookup.why, lookup.failed = f"{name} {rdtype.name}: {exc}", True
             return None
         if answer.rrset is None:
             return None
@@ -248,12 +256,13 @@ class Rfc3263Resolver:
         if answer is None:
             return []
         records = [r for r in answer if isinstance(r, SRV) and r.target != dns.name.root]
-        records.sort(key=lambda r: (r.priority, -r.weight))
         per_target = await asyncio.gather(*(
             self._addresses(r.target.to_text(), r.port, transport, lookup, r.priority, r.weight)
             for r in records
         ))
-        return [t for targets in per_target for t in targets]
+        found = [t for targets in per_target for t in targets]
+        lookup.srv = lookup.srv or bool(found)
+        return found
 
     async def _addresses(
         self, name: str, port: int, transport: str, lookup: _Lookup,
