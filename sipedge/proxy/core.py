@@ -52,7 +52,7 @@ from sipedge.proxy.rewrite import (
 from sipedge.proxy.routing import Direction, Listeners, classify_source, uri_endpoint
 from sipedge.proxy.settings import ProxySettings, RejectUnknown
 from sipedge.proxy.stats import ProxyStats
-from sipedge.proxy.validation import validate_request
+from sipedge.proxy.validation import validate_request, validate_response
 from sipedge.sip.address import Endpoint
 from sipedge.sip.errors import ParseError, SipError
 from sipedge.sip.headers import parse_name_addr, parse_via
@@ -697,7 +697,7 @@ class ProxyCore:
             if probe is not None:
                 self._probe_replied(probe, resp, now)
                 return
-            self._stray_response(resp, now)
+            self._stray_response(resp, peer, now)
             return
         ack = None
         if branch.tx.is_invite and resp.status >= 300:
@@ -707,7 +707,7 @@ class ProxyCore:
         self._run_client(branch, branch.tx.receive_response(resp.status, now, ack=ack), now,
                          resp)
 
-    def _stray_response(self, resp: Response, now: float) -> None:
+    def _stray_response(self, resp: Response, peer: Endpoint, now: float) -> None:
         """A response no transaction knows: forward a 2xx to INVITE statelessly (§16.7)."""
         if not (200 <= resp.status < 300 and resp.cseq.method == b"INVITE"):
             self.stats.stray_responses += 1
@@ -716,16 +716,26 @@ class ProxyCore:
             self.stats.stray_responses += 1
             return
         values = resp.header_values(b"via")
-        if len(values) < 2:
+        if len(values) < 2 or validate_response(resp) is not None:
+            # RFC 4475 §3.3.10: never relay to a broadcast/unspecified address.
+            self.stats.stray_responses += 1
             return
         upstream = parse_via(values[1])
         dest = self._via_dest(upstream)
-        if dest is None:
+        if dest is None or not (self._is_party(peer.host) and self._is_party(dest.host)):
+            # Only between the PBX and Twilio: a stranger's forged 2xx must not turn
+            # sipedge into a reflector toward any address named in a Via.
+            self.stats.stray_responses += 1
             return
         local = self.listeners.egress(outside=dest.host in self._gateway_hosts,
                                       transport=dest.transport)
         self._outbox.append(Send(strip_top_via(resp), dest, local))
         self.stats.responses_forwarded += 1
+
+    def _is_party(self, host: str) -> bool:
+        """True for the PBX (allowed callers and the callee) and the gateways."""
+        return host == self.settings.pbx.host or classify_source(
+            host, self.settings.inside_allow, self._gateway_hosts) is not Direction.UNKNOWN
 
     @staticmethod
     def _via_dest(via: object) -> Endpoint | None:

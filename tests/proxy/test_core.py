@@ -806,3 +806,31 @@ def test_late_provisional_on_abandoned_branch_is_cancelled(h: ProxyHarness) -> N
     out = h.feed(make_response(first, 180, b"Ringing"), VIRGINIA[0])
     assert [s.dest for s in calls(out, b"CANCEL")] == [VIRGINIA[0]]
     assert responses(out) == []  # the abandoned branch's 180 does not go upstream
+
+
+def test_2xx_retransmission_after_transaction_end_relayed_statelessly(h: ProxyHarness) -> None:
+    _, fwd = place(h)
+    ok = make_response(fwd, 200, b"OK")
+    h.feed(ok, VIRGINIA[0])
+    h.advance(64 * 0.5 + 40)
+    assert h.core._contexts == {}
+    out = h.feed(ok, VIRGINIA[0])  # the gateway still has not seen the ACK
+    assert [(s.dest, s.local, status_of(s)) for s in out] == [(PBX, INSIDE, 200)]
+
+
+def _forged_2xx(upstream: bytes) -> bytes:
+    return (b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.3:5060;branch=z9hG4bK-seforged\r\n"
+            b"Via: SIP/2.0/UDP " + upstream + b";branch=z9hG4bKx\r\n"
+            b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: forged\r\n"
+            b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("peer,upstream", [
+    (STRANGER, b"127.0.0.1:5060"),  # forged by a stranger
+    (VIRGINIA[0], b"198.51.100.7:5060"),  # toward an address that is no party of ours
+    (VIRGINIA[0], b"255.255.255.255"),  # RFC 4475 §3.3.10 bcast
+])
+def test_stray_2xx_not_relayed_for_strangers_or_foreign_targets(
+        h: ProxyHarness, peer: Endpoint, upstream: bytes) -> None:
+    assert h.feed(_forged_2xx(upstream), peer) == []
+    assert h.core.stats.stray_responses == 1
