@@ -834,3 +834,14 @@ def test_stray_2xx_not_relayed_for_strangers_or_foreign_targets(
         h: ProxyHarness, peer: Endpoint, upstream: bytes) -> None:
     assert h.feed(_forged_2xx(upstream), peer) == []
     assert h.core.stats.stray_responses == 1
+
+
+@pytest.mark.xfail(strict=True, reason="inside.pbx (127.0.0.10) is not in inside.allow "
+                   "(127.0.0.1/32) in the lab, so the callee's own BYE is dropped as a stranger")
+def test_bye_from_pbx_callee_routed_to_twilio(h: ProxyHarness) -> None:
+    bye = in_dialog(b"BYE", b"sip:+1@127.0.0.64:5060",
+                    [b"<sip:127.0.0.1:5080;lr>", b"<sip:127.0.0.3:5060;lr>"],
+                    b"SIP/2.0/UDP 127.0.0.10:5060;branch=z9hG4bK-callee-bye",
+                    from_=b"<sip:pbx@127.0.0.10>;tag=a", to_=b"<sip:x@y>;tag=b")
+    out = h.feed(bye, CALLEE)
+    assert [(s.dest, s.local) for s in calls(out, b"BYE")] == [(VIRGINIA[0], OUTSIDE)]
