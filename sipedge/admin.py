@@ -37,7 +37,7 @@ from sipedge.sip.address import Endpoint
 from sipedge.transport.dns import is_placeholder
 from sipedge.transport.driver import CoreDriver
 
-__all__ = ["AdminServer", "make_app", "row"]
+__all__ = ["AdminServer", "gateway_table", "make_app", "row"]
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +197,10 @@ class AdminServer:
         Raises:
             OSError: the address cannot be bound (the daemon exits 71).
         """
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(self._app, access_log=None, handle_signals=False,
+                               shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, listen.host, listen.port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, listen.host, listen.port)
         try:
             await site.start()
         except OSError:
@@ -219,3 +220,40 @@ class AdminServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+
+# -- `sipedge gateways` -------------------------------------------------------------------------
+
+_COLUMNS = ("ID", "EDGE", "REGION", "STATE", "REASON", "LAST CODE", "RTT", "SINCE")
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def gateway_table(rows: list[dict[str, Any]]) -> str:
+    """The ``sipedge gateways`` table from ``GET /gateways`` rows (no trailing newline)."""
+    lines: list[tuple[str, ...]] = [_COLUMNS]
+    for r in rows:
+        rtt = r.get("last_rtt_ms")
+        code = r.get("last_code")
+        lines.append((
+            str(r.get("id", "")),
+            str(r.get("edge", "")),
+            str(r.get("region", "")),
+            str(r.get("state", "")).upper(),
+            str(r.get("reason", "")),
+            "-" if code is None else str(code),
+            "-" if rtt is None else f"{rtt:g} ms",
+            _ago(float(r.get("since_s") or 0.0)),
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )

@@ -1,19 +1,25 @@
-"""Command line: ``sipedge run | check`` (argparse); maps errors to exit codes.
+"""Command line: ``sipedge run | check | gateways`` (argparse); maps errors to exit codes.
 
-Exit codes follow sysexits.h: 78 (EX_CONFIG) for an invalid config, 64 for usage errors.
+Exit codes follow sysexits.h: 78 (EX_CONFIG) for an invalid config, 64 for usage errors,
+69 (EX_UNAVAILABLE) when ``gateways`` cannot reach the daemon's admin API.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import urllib.error
+import urllib.request
 
 from sipedge import __version__
-from sipedge.config import ConfigError, load_config, summary
+from sipedge.config import Config, ConfigError, load_config, summary
+from sipedge.sip.address import Endpoint
 
 __all__ = ["main"]
 
 EX_CONFIG = 78
+EX_UNAVAILABLE = 69
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +34,37 @@ def _parser() -> argparse.ArgumentParser:
                      help="override [log] level")
     check = sub.add_parser("check", help="validate a config file and print a summary")
     check.add_argument("--config", required=True, help="TOML config file")
+    gateways = sub.add_parser("gateways", help="print the running daemon's gateway table "
+                              "(from its [admin] listener)")
+    gateways.add_argument("--config", required=True, help="TOML config file")
+    gateways.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     return parser
+
+
+def _gateways(config: Config, timeout_s: float) -> int:
+    """``sipedge gateways``: GET /gateways from the admin listener, print a table."""
+    listen = config.admin.listen
+    if listen is None:
+        print(f"sipedge: {config.path}: admin.listen is not set; the gateway table is "
+              "served by the admin API", file=sys.stderr)
+        return EX_CONFIG
+    # A wildcard listener is reached over loopback.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.host, listen.host)
+    url = f"http://{Endpoint('tcp', host, listen.port).hostport}/gateways"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    try:
+        with opener.open(url, timeout=timeout_s) as resp:
+            rows = json.load(resp)
+    except urllib.error.URLError as exc:
+        print(f"sipedge: cannot reach the daemon at {url}: {exc.reason}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except (OSError, ValueError) as exc:
+        print(f"sipedge: cannot read the gateway table from {url}: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    from sipedge.admin import gateway_table
+
+    print(gateway_table(rows))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(summary(config))
         return 0
+    if args.command == "gateways":
+        return _gateways(config, args.timeout)
     from sipedge.daemon import run
     from sipedge.logs import setup_logging
 
