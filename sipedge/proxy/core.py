@@ -188,6 +188,7 @@ class ProxyCore:
         self.stats = ProxyStats()
         self.listeners = Listeners(settings.inside, settings.outside)
         self._gateway_hosts = frozenset(g.endpoint.host for g in pool.gateways())
+        self._direction_cache: dict[str, Direction] = {}
         self._outbox: list[Send] = []
         self._events: list[Event] = []
         self._contexts: dict[bytes, _Context] = {}
@@ -326,8 +327,7 @@ class ProxyCore:
             self._events.append(MessageDropped(peer, f"unparseable: {exc.reason}"))
             return
         if (self.settings.reject_unknown is RejectUnknown.DROP
-                and classify_source(peer.host, self.settings.inside_allow, self._gateway_hosts)
-                is Direction.UNKNOWN):
+                and self._direction(peer.host) is Direction.UNKNOWN):
             # A stranger's garbage is dropped like its valid requests: scanners learn nothing.
             self.stats.unknown_source_dropped += 1
             self._events.append(MessageDropped(peer, "source not allowed"))
@@ -357,7 +357,7 @@ class ProxyCore:
 
     def _on_request(self, req: Request, peer: Endpoint, local: Endpoint, now: float) -> None:
         method = req.method
-        direction = classify_source(peer.host, self.settings.inside_allow, self._gateway_hosts)
+        direction = self._direction(peer.host)
         if direction is Direction.UNKNOWN:
             self._reject_stranger(req, peer, local)
             return
@@ -445,6 +445,26 @@ class ProxyCore:
             return self.listeners.is_own(parse_uri(req.request_uri))
         except SipError:
             return False
+
+    def _direction(self, host: str) -> Direction:
+        """Which way a request from ``host`` goes, cached per source address.
+
+        The cache is bounded: a scan from many addresses must not grow memory; it is
+        cleared on reload (the ACL or gateway set may change).
+        """
+        cache = self._direction_cache
+        direction = cache.get(host)
+        if direction is None:
+            direction = classify_source(host, self.settings.inside_allow, self._gateway_hosts)
+            if direction is Direction.UNKNOWN and host == self.settings.pbx.host:
+                # The PBX that takes calls from Twilio also sends in-dialog requests
+                # (its BYE) and may place calls: it is on the inside even when
+                # inside.allow lists only the trunk's source addresses.
+                direction = Direction.OUTBOUND
+            if len(cache) >= 4096:
+                cache.clear()
+            cache[host] = direction
+        return direction
 
     def _own_routes(self, req: Request) -> tuple[int, bytes | None]:
         """How many top Route values name us, and the first Route that does not."""
@@ -693,11 +713,19 @@ class ProxyCore:
         key = (via.branch or b"") + b"|" + method
         branch = self._branches.get(key)
         if branch is None:
-            probe = self._probes.pop(key, None)
-            if probe is not None:
+            probe = self._probes.get(key)
+            if probe is not None and probe.gateway.endpoint.host == peer.host:
+                del self._probes[key]
                 self._probe_replied(probe, resp, now)
                 return
             self._stray_response(resp, peer, now)
+            return
+        if branch.dest.host != peer.host:
+            # Only the hop we sent to may answer: a stranger guessing a branch must not
+            # inject a response into a call (RFC 3261 §18.1.2 sends responses back to us
+            # from the address we reached; DNS-named hops are resolved to that address).
+            self.stats.stray_responses += 1
+            self._events.append(MessageDropped(peer, "response from an unexpected address"))
             return
         ack = None
         if branch.tx.is_invite and resp.status >= 300:

@@ -17,6 +17,7 @@ import ipaddress
 from collections.abc import Iterable
 from enum import Enum
 
+from sipedge.proxy.rewrite import record_route_value
 from sipedge.proxy.settings import Network
 from sipedge.sip.address import Endpoint, default_port
 from sipedge.sip.errors import SipError
@@ -94,7 +95,7 @@ def uri_endpoint(uri: Uri) -> Endpoint | None:
 class Listeners:
     """Our own addresses on both sides, for "is this Route/URI me?" and egress choice."""
 
-    __slots__ = ("_own", "inside", "outside")
+    __slots__ = ("_needles", "_own", "_own_values", "inside", "outside")
 
     def __init__(self, inside: tuple[Endpoint, ...], outside: tuple[Endpoint, ...]) -> None:
         self.inside = inside
@@ -103,6 +104,12 @@ class Listeners:
         for ep in (*inside, *outside):
             own.add((ep.host, ep.port))
         self._own = frozenset(own)
+        # Substrings one of our Route/URI values must contain: a cheap pre-check that
+        # spares a full name-addr/URI parse for the (common) foreign values.
+        self._needles = tuple({ep.host.encode("ascii") for ep in (*inside, *outside)})
+        # The exact values we Record-Route with: in-dialog Routes are copies of them.
+        self._own_values = frozenset(
+            record_route_value(ep) for ep in (*inside, *outside))
 
     def is_own(self, uri: Uri) -> bool:
         """True when ``uri``'s host:port is one of our listeners (RFC 3261 §16.4)."""
@@ -122,6 +129,10 @@ class Listeners:
 
     def is_own_route(self, value: bytes) -> bool:
         """True when a Route value (name-addr) names one of our listeners."""
+        if value in self._own_values:
+            return True
+        if not any(needle in value for needle in self._needles):
+            return False
         try:
             return self.is_own(parse_uri(parse_name_addr(value).uri))
         except SipError:
