@@ -32,7 +32,7 @@ from sipedge.transport.dns import (
     Rfc3263Resolver,
     Unresolved,
 )
-from tests.transport.conftest import until
+from tests.transport.conftest import free_port, until
 
 DNS_HOST = "127.0.0.210"
 ORIGIN = "example.net."
@@ -344,3 +344,64 @@ async def test_resolved_srv_targets_become_gateways_and_health_carries_over(serv
     probed = {s.dest for s in core.drain_outbox()}
     assert Endpoint("udp", "127.0.0.212", 5070) in probed
     assert all(d.host != "never.example.net" for d in probed)
+
+
+# ------------------------------------------------------------------------- daemon
+
+
+async def test_daemon_resolves_names_rebuilds_pool_on_change_and_serves_admin(
+        server, monkeypatch) -> None:
+    import aiohttp
+
+    from sipedge import daemon
+
+    zone, port = server
+    monkeypatch.setattr(daemon, "DNS_MIN_TTL_S", 0.1)
+    monkeypatch.setattr(daemon, "DNS_MAX_TTL_S", 0.3)
+    admin_port = free_port("127.0.0.211")
+    text = CONFIG.replace('"127.0.0.218:5060"]', '"127.0.0.218:0"]').replace(
+        '"udp:127.0.0.218:5080"', '"udp:127.0.0.218:0"') + \
+        f'[admin]\nlisten = "127.0.0.211:{admin_port}"\n'
+    config = parse_config(text, "dns.toml")
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.serve(config, stop, resolver=resolver_for(port)))
+    base = f"http://127.0.0.211:{admin_port}"
+    rows: list[dict[str, object]] = []
+
+    async def fetch() -> list[dict[str, object]]:
+        async with session.get(base + "/gateways") as resp:
+            return list(await resp.json())
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    rows = await fetch()
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.02)
+            ids = [r["id"] for r in rows]
+            assert ids == ["ashburn-ix/127.0.0.212:5070", "ashburn-ix/127.0.0.214:5060",
+                           "ashburn-ix/127.0.0.215:5060", "ashburn-ix/127.0.0.211:5060",
+                           "ashburn-ix/127.0.0.216:5080", "san-jose-ix/never.example.net:5060"]
+            assert rows[-1]["state"] == "down" and rows[-1]["reason"] == "dns"
+            drained = "ashburn-ix/127.0.0.214:5060"
+            async with session.post(f"{base}/gateways/{drained}/drain") as resp:
+                assert resp.status == 200
+            # Renumber one SRV target and make the other name resolve.
+            zone.load(ZONE.replace("127.0.0.216", "127.0.0.217")
+                      + "never IN A 127.0.0.219\n")
+            for _ in range(150):
+                rows = await fetch()
+                if {"ashburn-ix/127.0.0.217:5080", "san-jose-ix/127.0.0.219:5060"} <= \
+                        {str(r["id"]) for r in rows}:
+                    break
+                await asyncio.sleep(0.02)
+            by_id = {r["id"]: r for r in rows}
+            assert "ashburn-ix/127.0.0.216:5080" not in by_id
+            assert "san-jose-ix/never.example.net:5060" not in by_id
+            assert by_id["san-jose-ix/127.0.0.219:5060"]["state"] == "probing"
+            assert by_id[drained]["state"] == "admin_down"  # health carried over
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 5) == 0
