@@ -312,6 +312,7 @@ class ProxyCore:
         """
         self.pool = self.pool.replace(pool)
         self._gateway_hosts = frozenset(g.endpoint.host for g in pool.gateways())
+        self._direction_cache.clear()  # classifications depended on the old gateway hosts
         for key, probe in list(self._probes.items()):
             if probe.gateway.id not in pool or pool.gateway(probe.gateway.id) != probe.gateway:
                 del self._probes[key]

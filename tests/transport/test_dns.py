@@ -405,3 +405,30 @@ async def test_daemon_resolves_names_rebuilds_pool_on_change_and_serves_admin(
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 5) == 0
+
+
+async def test_requests_from_a_newly_resolved_gateway_are_accepted(server) -> None:
+    _, port = server
+    # Only the PBX host is an inside source here, so 127.0.0.212 is a stranger until DNS
+    # makes it a gateway.
+    config = parse_config(CONFIG.replace('"127.0.0.0/8"', '"127.0.0.218/32"'), "dns.toml")
+    core = build_core(config, 100.0)
+    local = Endpoint("udp", "127.0.0.218", 5080)
+    peer = Endpoint("udp", "127.0.0.212", 5070)
+    options = (b"OPTIONS sip:127.0.0.218:5080 SIP/2.0\r\n"
+               b"Via: SIP/2.0/UDP 127.0.0.212:5070;branch=z9hG4bKdns1\r\n"
+               b"Max-Forwards: 70\r\nFrom: <sip:gw@127.0.0.212>;tag=1\r\n"
+               b"To: <sip:127.0.0.218:5080>\r\nCall-ID: dns-1\r\nCSeq: 1 OPTIONS\r\n"
+               b"Content-Length: 0\r\n\r\n")
+    core.receive(options, peer, local, 100.0)
+    assert core.drain_outbox() == []  # a stranger: dropped
+    query = Query("gw.example.net", None, "udp")
+    answer = await resolver_for(port).resolve(query)
+    assert isinstance(answer, Answer)
+    pool = build_pool(config, 101.0, {query: answer})
+    core.reload_pool(pool, 101.0, probed_ids(pool))
+    core.receive(options.replace(b"dns1", b"dns2").replace(b"dns-1", b"dns-2"), peer, local,
+                 101.0)
+    # Now a gateway: answered (503 while no gateway is UP).
+    assert [s.data.split(b"\r\n")[0] for s in core.drain_outbox() if s.dest == peer] == \
+        [b"SIP/2.0 503 No Gateway Available"]
