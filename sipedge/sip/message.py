@@ -89,6 +89,7 @@ _CONTINUATION: Final = (b" ", b"\t")
 _RURI_CHARS: Final = bytes(c for c in range(0x21, 0x7F) if c not in b'<>"')
 #: What may follow ``;rport`` in the fast path of :func:`_mark_received`.
 _RPORT_END: Final = (b"", b";", b"=")
+_LWS_BYTES: Final = (b" ", b"\t", b"\r", b"\n")
 _MF_DEFAULT_LINE: Final = b"Max-Forwards: %d" % MAX_FORWARDS_DEFAULT
 _partition: Final = bytes.partition
 _NAME: Final = itemgetter(0)
@@ -661,10 +662,12 @@ def forward_request(req: Request, plan: ForwardPlan) -> bytes:
     lines = req._lines
     keys = req._keys
     present = req._present
-    parts = req._parts
-    # line number -> replacement wire lines (empty list deletes, several insert)
-    edits: dict[int, list[bytes]] = {}
+    folded = req._folded
+    # Replacements keep line numbers stable: an inserted line rides in the same list slot
+    # as its neighbour, joined with CRLF.  Deletions (folded continuations, popped Route
+    # lines) are applied last, bottom up.
     out = lines[:]
+    deleted: list[int] = []
 
     # Start line (RFC 3261 §16.6 step 6: Request-URI of the chosen target).
     if plan.request_uri is not None:
@@ -678,17 +681,17 @@ def forward_request(req: Request, plan: ForwardPlan) -> bytes:
         if mf <= 0:
             raise ProtocolViolation("Max-Forwards is 0: answer 483, do not forward")
         new_mf = b"%d" % (mf - 1 if mf <= MAX_FORWARDS_DEFAULT else MAX_FORWARDS_DEFAULT)
-        n = keys.index(b"max-forwards") + 1
-        name, _, value = parts[n - 1]
-        digits = value.strip(WS)
-        if req._end_of(n) == n:
+        n = keys.index(b"max-forwards")
+        name, _, value = req._parts[n]
+        n += 1
+        if not folded or req._end_of(n) == n:
             # Keep the name and the spacing around the digits exactly as received.
-            lead = len(value) - len(value.lstrip(WS))
+            digits = value.strip(WS)
+            lead = value.find(digits)
             out[n] = name + b":" + value[:lead] + new_mf + value[lead + len(digits) :]
         else:
-            edits[n] = [name + b": " + new_mf]
-            for k in range(n + 1, req._end_of(n) + 1):
-                edits[k] = []
+            out[n] = name + b": " + new_mf
+            deleted.extend(range(n + 1, req._end_of(n) + 1))
 
     # Route pop (§16.4): remove our own URI(s) from the top of the route set.
     if plan.pop_routes > 0 and b"route" in present:
@@ -698,34 +701,59 @@ def forward_request(req: Request, plan: ForwardPlan) -> bytes:
             raw = lines[n] if m == n else b"\r\n".join(lines[n : m + 1])
             new_raw, removed = _drop_first_values(raw, left)
             left -= removed
-            edits[n] = [] if new_raw is None else new_raw.split(b"\r\n")
-            for k in range(n + 1, m + 1):
-                edits[k] = []
+            if new_raw is None:
+                deleted.append(n)
+            else:
+                out[n] = new_raw
+            deleted.extend(range(n + 1, m + 1))
             if left <= 0:
                 break
 
     # Previous hop's Via (§18.2.1 received, RFC 3581 rport), then our Via on top (step 8)
     # and Record-Route (step 4).
     v = keys.index(b"via") + 1
-    m = req._end_of(v)
-    if plan.received is not None or plan.rport is not None:
-        raw = lines[v] if m == v else b"\r\n".join(lines[v : m + 1])
-        top = _mark_received(raw, plan.received, plan.rport).split(b"\r\n")
-        for k in range(v + 1, m + 1):
-            edits[k] = []
-    else:
-        top = [lines[v]]
-    rr = [b"Record-Route: " + value for value in plan.record_route]
-    if rr and b"record-route" in present:
-        r = keys.index(b"record-route") + 1
-        edits[r] = rr + edits.get(r, [lines[r]])
-        rr = []
-    edits[v] = [b"Via: " + plan.via, *rr, *top]
+    top = lines[v]
+    received = plan.received
+    rport = plan.rport
+    if received is not None or rport is not None:
+        m = req._end_of(v) if folded else v
+        if m != v:
+            top = b"\r\n".join(lines[v : m + 1])
+            deleted.extend(range(v + 1, m + 1))
+        low = top.lower()
+        i = low.find(b";rport")
+        if (
+            # Inline fast path: one Via value, no quotes, no received= yet, a plain
+            # ";rport" flag (or none), nothing odd at the end of the line.
+            b"received" not in low
+            and b"," not in top
+            and b'"' not in top
+            and top[-1:] not in _LWS_BYTES
+            and (i < 0 or low[i + 6 : i + 7] in _RPORT_END)
+        ):
+            if i >= 0 and rport is not None and low[i + 6 : i + 7] != b"=":
+                top = b"%s=%d%s" % (top[: i + 6], rport, top[i + 6 :])
+            if received is not None:
+                top += b";received=" + received
+        else:
+            top = _mark_received(top, received, rport)
+    ours = b"Via: " + plan.via
+    record_route = plan.record_route
+    if record_route:
+        if len(record_route) == 1:
+            rr = b"Record-Route: " + record_route[0]
+        else:
+            rr = b"\r\n".join([b"Record-Route: " + value for value in record_route])
+        if b"record-route" in present:
+            r = keys.index(b"record-route") + 1
+            out[r] = rr + b"\r\n" + out[r]
+        else:
+            ours += b"\r\n" + rr
+    out[v] = ours + b"\r\n" + top
 
-    # Splice from the bottom up so line numbers stay valid; untouched lines are the very
-    # same bytes objects as received.
-    for i in sorted(edits, reverse=True):
-        out[i : i + 1] = edits[i]
+    if deleted:
+        for i in sorted(deleted, reverse=True):
+            del out[i]
     out.append(req.data[req._body_start - 2 :])
     return b"\r\n".join(out)
 
