@@ -13,11 +13,11 @@ from sipedge.sip.address import Endpoint
 
 __all__ = [
     "CallFailedOver",
+    "DeprecatedParameterSeen",
     "Event",
     "GatewayStateChanged",
     "MessageDropped",
     "RequestRejected",
-    "DeprecatedParameterSeen",
 ]
 
 
@@ -56,4 +56,7 @@ class DeprecatedParameterSeen:
     value: str
 
 
-Event = RequestRejected | MessageDropped | CallFailedOver | DeprecatedParameterSeen | GatewayStateChanged
+Event = (
+    RequestRejected | MessageDropped | CallFailedOver | DeprecatedParameterSeen
+    | GatewayStateChanged
+)

@@ -177,6 +177,9 @@ def uas(make: object, ip: str, *, transport: str = "u1", scenario: Path | None =
         port: int = 5060, tag: str = "") -> Sipp:
     """A SIPp gateway/PBX UAS on ip:port (``tag`` names a restarted one's own folder)."""
     scen = scenario or BENCH_SCENARIOS / "uas.xml"
+    if transport == "u1" and udp_bound(ip, port):
+        pytest.fail(f"{ip}:{port}/udp is taken (a bench UAS left running? "
+                    "../shared/bench/uas.sh stop all)")
     sipp = make(f"uas-{ip}-{port}{tag}", ["-sf", str(scen), "-i", ip, "-p", str(port), "-t",  # type: ignore[operator]
                                      transport, "-m", "1000000", "-trace_msg",
                                      "-message_file", "messages.log"])

@@ -1,0 +1,137 @@
+"""Calls per second through the sans-I/O ProxyCore alone (no sockets, no event loop).
+
+One call = INVITE → 100 + forwarded INVITE → 200 from the gateway → forwarded 200 →
+ACK → BYE → 200, the same flow as ../shared/bench's uac.xml/uas.xml. It isolates the
+Python cost per call from syscalls and SIPp, so hot-path work can be measured and
+profiled in a repeatable way:
+
+    python bench/core.py              # calls/s, median of 5 runs
+    python bench/core.py --profile    # cProfile of one run, top 25 by self time
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sipedge.config import load_config
+from sipedge.daemon import build_core
+from sipedge.proxy.core import ProxyCore, Send
+from sipedge.sip.address import Endpoint
+from sipedge.sip.message import Request, build_response, parse
+
+ROOT = Path(__file__).resolve().parents[1]
+PBX = Endpoint("udp", "127.0.0.1", 5099)
+INSIDE = Endpoint("udp", "127.0.0.1", 5080)
+OUTSIDE = Endpoint("udp", "127.0.0.3", 5060)
+
+INVITE = (
+    "INVITE sip:+14155550100@127.0.0.1:5080 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK-{n}-1-0\r\n"
+    'From: "pbx" <sip:pbx@127.0.0.1:5099>;tag={n}SIPpTag00\r\n'
+    "To: <sip:+14155550100@127.0.0.1:5080>\r\n"
+    "Call-ID: {n}-bench@127.0.0.1\r\n"
+    "CSeq: 1 INVITE\r\n"
+    "Contact: <sip:pbx@127.0.0.1:5099;transport=UDP>\r\n"
+    "Max-Forwards: 70\r\n"
+    "Subject: sipedge bench\r\n"
+    "Content-Type: application/sdp\r\n"
+    "Content-Length: {length}\r\n\r\n{sdp}"
+)
+SDP = (
+    "v=0\r\no=pbx 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+    "t=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+INVITE = INVITE.format(n="{n}", length=len(SDP), sdp=SDP)
+IN_DIALOG = (
+    "{method} sip:gw@{gw}:5060;transport=UDP SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK-{n}-{cseq}\r\n"
+    "Route: <sip:127.0.0.1:5080;lr>, <sip:127.0.0.3:5060;lr>\r\n"
+    'From: "pbx" <sip:pbx@127.0.0.1:5099>;tag={n}SIPpTag00\r\n'
+    "To: <sip:+14155550100@127.0.0.1:5080>;tag=gw{n}\r\n"
+    "Call-ID: {n}-bench@127.0.0.1\r\n"
+    "CSeq: {cseq} {method}\r\n"
+    "Contact: <sip:pbx@127.0.0.1:5099;transport=UDP>\r\n"
+    "Max-Forwards: 70\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+def _make_core() -> ProxyCore:
+    core = build_core(load_config(ROOT / "conf" / "lab.toml"), 0.0)
+    # Mark every gateway UP: answer two probe rounds.
+    now = 0.0
+    for _ in range(3):
+        core.handle_timer(now)
+        for send in core.drain_outbox():
+            req = parse(send.data)
+            assert isinstance(req, Request)
+            core.receive(build_response(req, 200, to_tag=b"p"), send.dest, OUTSIDE, now)
+        now += 10.0
+    core.drain_events()
+    return core
+
+
+def _answer(send: Send, status: int, n: int, with_rr: bool) -> bytes:
+    req = parse(send.data)
+    assert isinstance(req, Request)
+    headers = [(b"Record-Route", v) for v in req.header_values(b"record-route")] if with_rr else []
+    return build_response(req, status, to_tag=b"gw%d" % n, headers=headers)
+
+
+def run(calls: int) -> float:
+    core = _make_core()
+    now = 100.0
+    start = time.perf_counter()
+    for n in range(calls):
+        core.receive(INVITE.format(n=n).encode(), PBX, INSIDE, now)
+        fwd = next(s for s in core.drain_outbox() if s.data.startswith(b"INVITE"))
+        core.receive(_answer(fwd, 200, n, True), fwd.dest, OUTSIDE, now)
+        core.drain_outbox()
+        gw = fwd.dest.host
+        core.receive(IN_DIALOG.format(method="ACK", cseq=1, n=n, gw=gw).encode(), PBX, INSIDE, now)
+        core.drain_outbox()
+        core.receive(IN_DIALOG.format(method="BYE", cseq=2, n=n, gw=gw).encode(), PBX, INSIDE, now)
+        bye = next(s for s in core.drain_outbox() if s.data.startswith(b"BYE"))
+        core.receive(_answer(bye, 200, n, False), bye.dest, OUTSIDE, now)
+        core.drain_outbox()
+        now += 0.001
+        if n % 256 == 0:
+            core.handle_timer(now)
+            for send in core.drain_outbox():
+                if send.data.startswith(b"OPTIONS"):  # keep the gateways UP
+                    core.receive(_answer(send, 200, n, False), send.dest, OUTSIDE, now)
+            core.drain_outbox()
+    elapsed = time.perf_counter() - start
+    return calls / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        run(args.calls)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+    rates = [run(args.calls) for _ in range(args.repeats)]
+    # The gateway's answers are built with the same parser: their cost is included, so
+    # the figure is a lower bound on the core's own rate.
+    print(f"core_calls_per_s={statistics.median(rates):.0f} (median of {args.repeats}, "
+          f"{args.calls} calls each; includes building the simulated gateway's answers)")
+
+
+if __name__ == "__main__":
+    main()
