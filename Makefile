@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 SHARED  ?= $(abspath ../shared)
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint unit e2e bench bench-parse bench-load fuzz sipp clean check-config
+.PHONY: run test lint unit e2e bench-parse bench-core bench-load fuzz sipp clean check-config venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ test: $(STAMP) sipp lint
 
 bench-parse: $(STAMP)
 	$(PY) bench/parse.py
+
+bench-core: $(STAMP)
+	$(PY) bench/core.py
+
+## make bench-load: SIPp load + failover, sipedge then Kamailio in the same sitting (minutes)
+bench-load: $(STAMP)
+	bash bench/load.sh $${WHAT:-all}
 
 ## make fuzz: atheris over the parser and the forward transform (not in CI)
 fuzz: $(STAMP)
