@@ -114,6 +114,10 @@ class StreamSettings:
         connect_timeout_s: TCP connect plus TLS handshake budget. Below Twilio's 4 s
             "no provisional reply" failover timer would starve the handshake on a slow
             link; above it the proxy core has already failed over anyway.
+        keepalive_s: an outbound connection with no bytes either way for this long gets a
+            double-CRLF keep-alive ping (RFC 5626 §4.4.1; the gateway answers a single
+            CRLF), so NATs and firewalls on the private link keep the flow; 0 disables.
+            30 s is twice Twilio's probe interval: a probed flow never needs one.
         max_connections: cap on open stream connections (inbound plus outbound);
             beyond it inbound connections are refused and sends fail.
         max_message: largest framed message accepted (the framer closes beyond).
@@ -125,6 +129,7 @@ class StreamSettings:
     """
 
     idle_timeout_s: float = 600.0
+    keepalive_s: float = 30.0
     connect_timeout_s: float = 5.0
     max_connections: int = 4096
     max_message: int = 65535

@@ -46,6 +46,7 @@ __all__ = ["StreamConnection", "StreamTable"]
 
 _log = logging.getLogger(__name__)
 
+_PING = b"\r\n\r\n"
 _PONG = b"\r\n"
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
@@ -78,6 +79,8 @@ class StreamConnection(asyncio.Protocol):
         self._pending_size = 0
         self._failed = False
         self.last_activity = table.loop.time()
+        # We opened it (peer known up front): ours to keep alive toward a gateway.
+        self.outbound = peer is not None
         self.closed = asyncio.Event()
 
     # -- asyncio callbacks --------------------------------------------------------------
@@ -234,6 +237,8 @@ class StreamTable:
         self._listeners: list[_Listener] = []
         self._closing = False
         period = min(max(settings.idle_timeout_s / 4, 0.05), 30.0)
+        if settings.keepalive_s > 0:
+            period = min(period, max(settings.keepalive_s / 3, 0.05))
         self._reap_period = period
         self._reaper: asyncio.TimerHandle | None = loop.call_later(period, self._reap)
 
@@ -368,10 +373,16 @@ class StreamTable:
     def _reap(self) -> None:
         now = self.loop.time()
         deadline = now - self.settings.idle_timeout_s
+        keepalive_s = self.settings.keepalive_s
+        ping_before = now - keepalive_s
         for conn in list(self.connections.values()):
-            if conn.is_connected and conn.last_activity < deadline:
+            if not conn.is_connected:
+                continue
+            if conn.last_activity < deadline:
                 _log.debug("closing idle stream %s", conn.peer)
                 conn.close()
+            elif keepalive_s > 0 and conn.outbound and conn.last_activity < ping_before:
+                conn.write(_PING)  # RFC 5626 §4.4.1 double-CRLF keep-alive
         self._reaper = self.loop.call_later(self._reap_period, self._reap)
 
     @property

@@ -246,3 +246,31 @@ def test_tcp_reuse_and_ping_under_uvloop() -> None:
         await test_tcp_reset_reports_transport_error()
 
     run(scenario())
+
+
+async def test_tcp_idle_outbound_flow_gets_double_crlf_keepalive() -> None:
+    # RFC 5626 §4.4.1: an idle flow we opened toward a gateway is pinged; the pong
+    # (single CRLF) is consumed without reaching the sink.
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind((HOST_B, 0))
+    server.listen()
+    server.setblocking(False)
+    loop = asyncio.get_running_loop()
+    dest = Endpoint("tcp", HOST_B, server.getsockname()[1])
+    sink = RecordingSink()
+    settings = StreamSettings(keepalive_s=0.2)
+    try:
+        async with Transports(sink, settings=settings) as t:
+            (local,) = await t.start([Endpoint("tcp", HOST_A, 0)])
+            t.send(sip_request(1), dest, local)
+            conn, _ = await loop.sock_accept(server)
+            with conn:
+                got = b""
+                while not got.endswith(b"\r\n\r\n\r\n\r\n"):
+                    got += await asyncio.wait_for(loop.sock_recv(conn, 4096), 3)
+                assert got == sip_request(1) + b"\r\n\r\n"
+                await loop.sock_sendall(conn, b"\r\n")  # pong
+                await asyncio.sleep(0.05)
+                assert sink.messages == [] and sink.errors == []
+    finally:
+        server.close()
