@@ -7,6 +7,7 @@ it to the driver:
     transports = Transports(driver, tls=settings, sni_for=domain_of_gateway)
     listeners = await transports.start(config_listen_endpoints)
     ...
+    transports.watch_udp(gateway, udp_local)  # each UDP gateway: ICMP → transport_error
     transports.send(data, dest, local)   # the driver, for each Send in the outbox
     ...
     await transports.drain(timeout_s=5)  # or: await transports.aclose()
@@ -150,7 +151,8 @@ class Transports:
         UDP leaves from the socket bound to ``local`` (or, if the core named a stream
         listener, the UDP socket on the same host). TCP/TLS reuses the connection keyed
         by ``dest`` or opens one from ``local.host``. Every failure, now or later, is
-        reported as ``sink.transport_error(dest, now)`` from the event loop.
+        reported as ``sink.transport_error(dest, now)`` from the event loop; for a
+        :meth:`watch_udp` destination that includes an ICMP unreachable answer.
 
         Args:
             data: one whole SIP message.
@@ -167,6 +169,84 @@ class Transports:
             self._streams.send(data, dest, local)
             return
         self._report(dest)
+
+    def watch_udp(self, dest: Endpoint, local: Endpoint) -> bool:
+        """Report ICMP port/host unreachable from ``dest`` promptly (fast failover).
+
+        From now on datagrams to ``dest`` sent from the UDP listener ``local`` leave
+        through a socket bound to the listener's own ``ip:port`` and connected to
+        ``dest`` (same source address and port on the wire), so the kernel tells us when
+        ``dest`` answers with ICMP unreachable: ``sink.transport_error(dest, now)``
+        follows within a round trip. Datagrams from ``dest`` reach the sink as before,
+        with ``local`` as the listener. Idempotent; cheap to call for every gateway.
+
+        Args:
+            dest: a ``udp`` destination whose host is an IP address (the exact
+                ``Endpoint`` the proxy core puts in its ``Send``; a gateway endpoint).
+            local: the listener its sends leave from (resolved like :meth:`send`).
+
+        Returns:
+            True when watched; False when not possible (not started or closed, no UDP
+            listener for ``local``, a name instead of an address, the kernel refused
+            the shared bind); sends to ``dest`` then work as before, without the
+            early error.
+        """
+        if dest.transport != "udp" or self._closed:
+            return False
+        listener = self._udp_listener(local)
+        return listener is not None and listener.watch(dest)
+
+    def unwatch_udp(self, dest: Endpoint, local: Endpoint | None = None) -> bool:
+        """Stop watching ``dest`` (on ``local``'s listener, or on every listener).
+
+        Its socket closes within a loop iteration; later sends use the listener.
+
+        Returns:
+            True when ``dest`` was watched there.
+        """
+        if local is not None:
+            listener = self._udp_listener(local)
+            return listener is not None and listener.unwatch(dest)
+        found = False
+        for listener in self._udp.values():
+            found = listener.unwatch(dest) or found
+        return found
+
+    def rewatch_udp(self, dests: Iterable[Endpoint], local: Endpoint) -> None:
+        """Make the watched set on ``local``'s listener exactly the ``udp`` ones of ``dests``.
+
+        For a reload: new gateways are watched, gone ones unwatched, the rest untouched.
+
+        Args:
+            dests: gateway endpoints (non-``udp`` ones are skipped).
+            local: the listener they are sent from.
+        """
+        wanted = [d for d in dests if d.transport == "udp"]
+        listener = self._udp_listener(local)
+        if listener is None or self._closed:
+            return
+        keep = set(wanted)
+        for dest in listener.watched:
+            if dest not in keep:
+                listener.unwatch(dest)
+        for dest in wanted:
+            listener.watch(dest)
+
+    async def wait_watching(self) -> None:
+        """Wait until every :meth:`watch_udp` so far has taken effect (one loop tick).
+
+        Optional: before that, sends to the destination simply use the listener.
+        """
+        for listener in list(self._udp.values()):
+            await listener.wait_watching()
+
+    @property
+    def watched_udp(self) -> list[tuple[Endpoint, Endpoint]]:
+        """Every watched ``(dest, listener)`` pair."""
+        return [(d, lst.local) for lst in self._udp.values() for d in lst.watched]
+
+    def _udp_listener(self, local: Endpoint) -> UdpListener | None:
+        return self._udp.get((local.host, local.port)) or self._udp_by_host.get(local.host)
 
     def _report(self, dest: Endpoint) -> None:
         if self._loop is not None and not self._closed:
@@ -201,7 +281,7 @@ class Transports:
     async def wait_closed(self) -> None:
         """Wait until every socket is closed."""
         for listener in self._udp.values():
-            await listener.closed.wait()
+            await listener.wait_closed()
         if self._streams is not None:
             await self._streams.wait_closed()
 
