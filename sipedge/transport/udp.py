@@ -157,7 +157,8 @@ class UdpListener(asyncio.DatagramProtocol):
         try:
             socket.inet_pton(family, dest.host)  # connect() must never resolve a name
         except (OSError, ValueError):
-            _log.warning("udp %s: cannot watch %s: not an address of this family", self.local, dest)
+            # Quietly: an unresolved DNS gateway or another family is a normal case.
+            _log.debug("udp %s: not watching %s: not an address of this family", self.local, dest)
             return False
         try:
             # After the listener's bind, so plain binds of this address still conflict.
