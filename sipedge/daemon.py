@@ -178,6 +178,18 @@ def _sni_map(pool: GatewayPool) -> dict[Endpoint, str]:
     return {g.endpoint: g.domain_host.decode("ascii") for g in pool.gateways()}
 
 
+def watch_gateways(transports: Transports, core: ProxyCore) -> None:
+    """Send to each UDP gateway through a connected socket sharing the outside port.
+
+    The kernel then reports its ICMP port/host-unreachable to us, and a call to a dead
+    gateway fails over at once instead of after ``no_provisional_timeout_s``.
+    """
+    if not any(ep.transport == "udp" for ep in core.listeners.outside):
+        return
+    transports.rewatch_udp((g.endpoint for g in core.pool.gateways()),
+                           core.listeners.egress(outside=True, transport="udp"))
+
+
 async def serve(config: Config, stop: asyncio.Event, *,
                 resolver: Rfc3263Resolver | None = None) -> int:
     """Run sipedge until ``stop`` is set. Returns the process exit code.
@@ -200,6 +212,7 @@ async def serve(config: Config, stop: asyncio.Event, *,
         log.error("cannot listen: %s", exc)
         await transports.aclose()
         return 71  # EX_OSERR
+    watch_gateways(transports, core)
     admin: AdminServer | None = None
     if config.admin.listen is not None:
         admin = AdminServer(driver)
@@ -218,6 +231,7 @@ async def serve(config: Config, stop: asyncio.Event, *,
             now = loop.time()
             pool = build_pool(config, now, watcher.answers())
             core.reload_pool(pool, now, probed_ids(pool))
+            watch_gateways(transports, core)
             sni.clear()
             sni.update(_sni_map(core.pool))
             driver.flush()

@@ -91,3 +91,22 @@ def test_group_death_under_load_loses_no_call_and_traffic_returns(
     returned = [i for g in back for i in _invites(g)]
     assert len(returned) == 6
     assert all("example.sip.ashburn-ix.twilio.com" in i for i in returned)
+
+
+def test_killed_gateway_fails_over_on_icmp_not_on_the_timer(
+        tmp_path: Path, daemon_factory: object, sipp_factory: object) -> None:
+    # A dead gateway process makes the kernel answer ICMP port-unreachable; sipedge sends
+    # to each UDP gateway through a connected socket so it hears it and fails over at once.
+    dead = uas(sipp_factory, "127.0.0.66")
+    oregon = uas(sipp_factory, "127.0.1.66")
+    daemon = daemon_factory(lab_config(  # type: ignore[operator]
+        tmp_path, virginia='["127.0.0.66"]', oregon='["127.0.1.66"]',
+        interval_up=30, interval_down=30, no_prov=20.0))
+    time.sleep(1.0)  # first probes answered: both UP, no further probe for 30 s
+    dead.stop()
+    caller = uac(sipp_factory, "127.0.0.1:5080", calls=1, rate=1)
+    # With no_provisional_timeout_s = 20 only the ICMP path can save the call in time.
+    rc = caller.wait(15)
+    assert rc == 0, caller.errors() + daemon.log()
+    assert len(_invites(oregon)) == 1
+    assert "(transport error)" in daemon.log()
