@@ -2,32 +2,38 @@
 
 Theory of operation
 -------------------
-``parse()`` makes exactly one pass over the header block: it finds the end of the headers
-with ``bytes.find(b"\\r\\n\\r\\n")``, splits the block into wire lines (one C call), and for
-each line looks the name up in a precomputed dict of common spellings
-(:data:`sipedge.sip.grammar.CANONICAL`).  It records, per canonical key, the index of the
-top-most line carrying it.  Nothing else is interpreted eagerly except what RFC 3261 makes
-a *framing or identity* question and what every later step needs anyway:
+``parse()`` only *frames* a message, with a handful of C-level searches: the end of the
+header block (``bytes.find(b"\\r\\n\\r\\n")``), the start line (method / Request-URI /
+version, or status / reason), and Content-Length (digits only, within the datagram:
+RFC 4475 §3.1.2.2-3, §3.3.9).  A header line always starts right after a CRLF and no
+value holds a CRLF that is not followed by WSP (RFC 3261 §7.3.1), so the usual spellings
+of Content-Length are found by one ``find``; anything unusual builds the index.
 
-* the start line (method / Request-URI / version, or status / reason),
-* Content-Length (digits only, at most one, within the datagram: RFC 4475 §3.1.2.2-3,
-  §3.3.9),
-* the mandatory headers (RFC 3261 §8.1.1: Via, From, To, Call-ID, CSeq), singletons
-  appearing once (RFC 4475 §3.3.8), CSeq number and method (§8.1.1.5, RFC 4475 §3.1.2.17),
-* Max-Forwards digits for requests (§16.3 step 3 needs it on every request).
+The *header index* is built on the first header access (:meth:`Message._index`): the
+block is split into wire lines (one C call), every name is looked up in a precomputed
+dict of common spellings and compact forms (:data:`sipedge.sip.grammar.CANONICAL`, no
+``.lower()`` on the common path), and the structural rules that framing does not need
+are checked in the same pass: no bare LF, the mandatory headers (RFC 3261 §8.1.1) and
+singletons appearing once (RFC 4475 §3.3.8), CSeq number and method (§8.1.1.5, RFC 4475
+§3.1.2.17-18), Max-Forwards digits (§20.22).  Every accessor may therefore raise
+:class:`ParseError`; :func:`sipedge.proxy.validation.validate_request` touches them
+first, so ``parse`` + ``validate_request`` enforce what a strict parser would.
+Interpreted values -- the top Via, From/To, CSeq -- are parsed on first access and
+cached.  Folded header lines (§7.3.1) are recognised by their leading WSP and take a
+slow path that unfolds them; they never raise.
 
-Everything else -- Via parameters, tags, Route values -- is parsed on first access and
-cached.  Folded header lines (§7.3.1) are recognised by their leading WSP and take a slow
-path that unfolds them; they never raise.
+Serialisation is splicing: the outgoing message is the original bytes with the few
+spans we change replaced (start line, Max-Forwards, the previous hop's Via, Route) and
+our new lines inserted (Via, Record-Route).  When no header has been accessed yet and
+the message has the usual shape (our predecessor's Via first, Max-Forwards spelled as
+usual), :func:`forward_request` and :func:`strip_top_via` work on the raw bytes -- one
+``b"".join`` over slices -- without building the index at all.  Every other byte --
+header order, casing, compact forms, odd whitespace, the body -- passes through
+untouched.
 
-Serialisation is splicing: the outgoing message is ``b"\\r\\n".join`` of the original wire
-lines with the few lines we change replaced (start line, Max-Forwards, the previous hop's
-Via, Route) and our new lines inserted (Via, Record-Route).  Every other byte -- header
-order, casing, compact forms, odd whitespace, the body -- passes through untouched.
-
-Errors: ``parse`` raises :class:`ParseError` and nothing else, ever.  Accessors that
-interpret a value lazily (``top_via``, ``from_tag``...) raise ``ParseError(400)`` on a
-malformed value; :func:`sipedge.proxy.validation.validate_request` touches them all first.
+Errors: ``parse`` raises :class:`ParseError` and nothing else, ever; neither does any
+accessor.  The transforms do not re-check the structural rules: give them a request
+that was validated (the proxy core always does).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import itemgetter
-from typing import Final
+from typing import ClassVar, Final
 
 from sipedge.sip.errors import ParseError, ProtocolViolation
 from sipedge.sip.grammar import (
@@ -54,6 +60,7 @@ from sipedge.sip.grammar import (
 )
 from sipedge.sip.headers import (
     CSeq,
+    NameAddr,
     Via,
     find_unquoted,
     parse_cseq,
@@ -90,18 +97,42 @@ _RURI_CHARS: Final = bytes(c for c in range(0x21, 0x7F) if c not in b'<>"')
 #: What may follow ``;rport`` in the fast path of :func:`_mark_received`.
 _RPORT_END: Final = (b"", b";", b"=")
 _LWS_BYTES: Final = (b" ", b"\t", b"\r", b"\n")
+#: WSP as byte values: a line starting with one continues the previous (RFC 3261 §7.3.1).
+_WSP: Final = (32, 9)
 _MF_DEFAULT_LINE: Final = b"Max-Forwards: %d" % MAX_FORWARDS_DEFAULT
 _partition: Final = bytes.partition
 _NAME: Final = itemgetter(0)
 _CANON_GET: Final = CANONICAL.get
+#: b"100".."699" -> int: validates a status code with one dict lookup (RFC 3261 §7.2).
+_STATUS_CODES: Final = {b"%d" % code: code for code in range(100, 700)}
+_SP_OR_CR: Final = (b" ", b"\r")
+_new: Final = object.__new__
+#: How the first header line starts when it is a Via in a usual spelling.
+_VIA_LINE_STARTS: Final = (b"Via:", b"v:", b"VIA:", b"via:", b"Via :")
+# The canonical key objects themselves (the values of CANONICAL): list.index/count
+# compare by identity first, so looking these up never reaches a bytes comparison.
+_VIA: Final = CANONICAL[b"via"]
+_CSEQ: Final = CANONICAL[b"cseq"]
+_CONTENT_LENGTH: Final = CANONICAL[b"content-length"]
+_MAX_FORWARDS: Final = CANONICAL[b"max-forwards"]
+_FROM: Final = CANONICAL[b"from"]
+_TO: Final = CANONICAL[b"to"]
+_CALL_ID: Final = CANONICAL[b"call-id"]
+_RECORD_ROUTE: Final = CANONICAL[b"record-route"]
+_ROUTE: Final = CANONICAL[b"route"]
 
 
 class Message:
     """Common view over a parsed request or response (slotted, lazy, bytes only).
 
-    Internally a message is its list of wire lines (``_lines[0]`` is the start line), the
-    ``name:value`` partition of every header line, the canonical key of every header line
-    (None for folded continuation lines) and the index of the top-most line per key.
+    :func:`parse` only frames the message: start line, end of the header block, body
+    (Content-Length).  The *header index* -- the wire lines (``_lines[0]`` is the start
+    line), the ``name:value`` partition of every header line, the canonical key of every
+    header line (None for folded continuation lines) -- is built by :meth:`_index` on the
+    first header access, together with the structural checks that are not needed for
+    framing (mandatory and singleton headers, CSeq, Max-Forwards, bare LF).  So every
+    accessor may raise :class:`ParseError`; the forwarding transforms work on the raw
+    bytes when the index is not built yet.
 
     Attributes:
         data: the message bytes (trailing datagram noise cut off).
@@ -111,33 +142,59 @@ class Message:
         "_body_start",
         "_cseq",
         "_cseq_raw",
+        "_end",
         "_folded",
+        "_from",
         "_keys",
         "_lines",
         "_parts",
         "_present",
+        "_sl",
+        "_to",
         "_top_via",
+        "_via",
         "data",
     )
 
+    #: ParseError status for a structural defect found lazily (400 request, None drop).
+    _ERROR_STATUS: ClassVar[int | None] = 400
+
     data: bytes
+    _sl: int
+    _end: int
+    _body_start: int
+    _keys: list[bytes | None] | None
     _lines: list[bytes]
     _parts: list[tuple[bytes, bytes, bytes]]
-    _keys: list[bytes | None]
     _present: set[bytes | None]
     _folded: bool
-    _body_start: int
+    _via: int
     _cseq: CSeq | None
     _cseq_raw: list[bytes]
     _top_via: Via | None
+    _from: NameAddr | None
+    _to: NameAddr | None
+
+    # -- the header index (built once, on first use) -----------------------------------
+
+    def _index(self) -> list[bytes | None]:
+        """The canonical key of every header line, building the index on first use.
+
+        Raises:
+            ParseError: when the header block is structurally invalid (see
+                :func:`_build_index`); raised again on every later access.
+        """
+        keys = self._keys
+        if keys is None:
+            keys = _build_index(self)
+        return keys
 
     def _first_line(self, name: bytes) -> int | None:
         """Line number of the top-most header named ``name`` (canonical key), or None."""
+        keys = self._index()
         if name not in self._present:
             return None
-        return self._keys.index(name) + 1
-
-    # -- raw access -------------------------------------------------------------------
+        return keys.index(name) + 1
 
     def _end_of(self, n: int) -> int:
         """Index of the last wire line of the header starting at line ``n`` (folding)."""
@@ -168,7 +225,7 @@ class Message:
         first = self._first_line(name)
         if first is None:
             return []
-        keys = self._keys
+        keys = self._index()
         out = [first]
         i = first  # keys[i] is line i + 1: search from the line after ``first``
         while True:
@@ -189,6 +246,9 @@ class Message:
 
         Returns:
             The value with LWS stripped and folding unfolded, or None if absent.
+
+        Raises:
+            ParseError: the header block is invalid (first access builds the index).
         """
         n = self._first_line(name)
         if n is None:
@@ -199,7 +259,8 @@ class Message:
         """Every value of ``name``, top first, comma lists split (RFC 3261 §7.3.1).
 
         Raises:
-            ParseError: 400 on an unterminated quoted string inside a list header.
+            ParseError: 400 on an unterminated quoted string inside a list header, or an
+                invalid header block.
         """
         out: list[bytes] = []
         split = name in LIST_HEADERS
@@ -213,22 +274,25 @@ class Message:
 
     def has_header(self, name: bytes) -> bool:
         """True if at least one header named ``name`` (canonical key) is present."""
+        self._index()
         return name in self._present
 
     def header_lines(self) -> list[bytes]:
         """The raw header lines (folded ones included as separate wire lines)."""
+        self._index()
         return self._lines[1:]
 
     @property
     def call_id(self) -> bytes:
         """The Call-ID (RFC 3261 §20.8)."""
-        return self._value(self._keys.index(b"call-id") + 1)
+        return self._value(self._index().index(_CALL_ID) + 1)
 
     @property
     def cseq(self) -> CSeq:
-        """The CSeq, validated at parse time (RFC 3261 §20.16)."""
+        """The CSeq, checked when the index is built (RFC 3261 §20.16)."""
         cseq = self._cseq
         if cseq is None:
+            self._index()
             number, method = self._cseq_raw
             cseq = self._cseq = CSeq(int(number), method)
         return cseq
@@ -242,7 +306,8 @@ class Message:
         """
         via = self._top_via
         if via is None:
-            raw = self._raw_value(self._keys.index(b"via") + 1)
+            self._index()
+            raw = self._raw_value(self._via)
             comma = find_unquoted(raw, b",")
             via = parse_via(raw if comma < 0 else raw[:comma])
             self._top_via = via
@@ -254,13 +319,37 @@ class Message:
         return len(self.header_values(b"via"))
 
     @property
+    def from_(self) -> NameAddr:
+        """The From value (RFC 3261 §20.20), parsed on first use and cached.
+
+        Raises:
+            ParseError: 400 when the From value is malformed.
+        """
+        value = self._from
+        if value is None:
+            value = self._from = parse_name_addr(self._value(self._index().index(_FROM) + 1))
+        return value
+
+    @property
+    def to(self) -> NameAddr:
+        """The To value (RFC 3261 §20.39), parsed on first use and cached.
+
+        Raises:
+            ParseError: 400 when the To value is malformed.
+        """
+        value = self._to
+        if value is None:
+            value = self._to = parse_name_addr(self._value(self._index().index(_TO) + 1))
+        return value
+
+    @property
     def from_tag(self) -> bytes | None:
         """The From tag (RFC 3261 §8.1.1.3) or None.
 
         Raises:
             ParseError: 400 when the From value is malformed.
         """
-        return parse_name_addr(self._value(self._keys.index(b"from") + 1)).tag
+        return self.from_.tag
 
     @property
     def to_tag(self) -> bytes | None:
@@ -269,7 +358,7 @@ class Message:
         Raises:
             ParseError: 400 when the To value is malformed.
         """
-        return parse_name_addr(self._value(self._keys.index(b"to") + 1)).tag
+        return self.to.tag
 
     @property
     def body(self) -> bytes:
@@ -279,7 +368,7 @@ class Message:
     @property
     def start_line(self) -> bytes:
         """The start line as received."""
-        return self._lines[0]
+        return self.data[: self._sl]
 
 
 class Request(Message):
@@ -288,19 +377,28 @@ class Request(Message):
     Attributes:
         method: e.g. ``b"INVITE"`` (case-sensitive, RFC 3261 §7.1).
         request_uri: the Request-URI bytes as received.
-        max_forwards: Max-Forwards value, None when absent.
     """
 
-    __slots__ = ("max_forwards", "method", "request_uri")
+    __slots__ = ("_max_forwards", "method", "request_uri")
 
     method: bytes
     request_uri: bytes
-    max_forwards: int | None
+    _max_forwards: int | None
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards value (RFC 3261 §20.22), None when absent.
+
+        Raises:
+            ParseError: 400 when it is not digits (checked when the index is built).
+        """
+        self._index()
+        return self._max_forwards
 
     @property
     def top_route(self) -> bytes | None:
         """The first Route value (raw name-addr) or None (RFC 3261 §16.4)."""
-        n = self._first_line(b"route")
+        n = self._first_line(_ROUTE)
         if n is None:
             return None
         values = split_values(self._value(n))
@@ -320,6 +418,9 @@ class Response(Message):
 
     __slots__ = ("reason", "status")
 
+    # RFC 3261 §16.7: a defective response is dropped, there is nobody to answer.
+    _ERROR_STATUS = None
+
     status: int
     reason: bytes
 
@@ -331,10 +432,14 @@ class Response(Message):
 
 
 def parse(data: bytes) -> Request | Response:
-    """Parse one datagram or one framed stream message.
+    """Frame one datagram or one framed stream message (lazily: see :class:`Message`).
 
-    Bytes beyond Content-Length are ignored (RFC 4475 §3.1.1.8 ``dblreq``); without a
-    Content-Length the body is the rest of the datagram (RFC 3261 §18.3, RFC 4475 §3.4.1).
+    Checks the start line, the end of the header block and Content-Length (RFC 3261
+    §18.3 framing).  Bytes beyond Content-Length are ignored (RFC 4475 §3.1.1.8
+    ``dblreq``); without a Content-Length the body is the rest of the datagram (RFC 3261
+    §18.3, RFC 4475 §3.4.1).  The rest of RFC 3261's structural rules are checked on the
+    first header access (:meth:`Message._index`); the §16.3 decisions are
+    :func:`sipedge.proxy.validation.validate_request`'s.
 
     Args:
         data: the raw message bytes.
@@ -352,6 +457,79 @@ def parse(data: bytes) -> Request | Response:
         raise
     except Exception as exc:  # pragma: no cover - safety net; the fuzzers keep it unused
         raise ParseError(None, f"internal parser error: {type(exc).__name__}") from None
+
+
+def _parse(data: bytes) -> Request | Response:
+    if type(data) is not bytes:
+        data = bytes(data)
+    if data[:2] == b"\r\n":
+        # RFC 3261 §7.5: CRLFs before the start line are ignored (keep-alives).
+        data = data.lstrip(b"\r\n")
+        if not data:
+            raise ParseError(None, "keep-alive only")
+    end = data.find(b"\r\n\r\n")
+    sl = data.find(b"\r\n")
+    msg: Request | Response
+    if data[:4] == b"SIP/":
+        if end < 0:
+            raise ParseError(None, "no empty line after the headers")
+        # RFC 3261 §7.2 fast path: one dict hit validates the three digits and the
+        # 100..699 range; anything unusual goes to the precise (raising) parser.
+        status = _STATUS_CODES.get(data[8:11])
+        if status is None or data[:8] != b"SIP/2.0 " or data[11:12] not in _SP_OR_CR:
+            msg = _parse_status_line(data[:sl])
+        else:
+            msg = _new(Response)
+            msg.status = status
+            msg.reason = data[12:sl]
+        status_for_error = None
+    else:
+        if end < 0:
+            # On a datagram the header block must be complete (framing.py: streams).
+            raise ParseError(400, "no empty line after the headers")
+        msg = _parse_request_line(data[:sl])
+        status_for_error = 400
+    if sl == end:
+        # RFC 3261 §8.1.1: a request/response has at least the mandatory headers.
+        raise ParseError(status_for_error, "no header lines")
+    msg._sl = sl
+    msg._end = end
+    msg._keys = None
+    msg._top_via = None
+    msg._cseq = None
+    msg._from = None
+    msg._to = None
+    body_start = msg._body_start = end + 4
+
+    # Content-Length (RFC 3261 §20.14, §18.3): the framing.  The common spellings are
+    # found with one C-level search (a header line starts right after a CRLF and no
+    # value holds a CRLF not followed by WSP); anything else builds the index.
+    i = data.find(b"\r\nContent-Length:", sl, end)
+    if i >= 0:
+        i += 17
+    else:
+        i = data.find(b"\r\nl:", sl, end)
+        if i >= 0:
+            i += 4
+    if i >= 0:
+        j = data.find(b"\r\n", i)
+        cl = data[i:j].strip(WS)
+        if not cl or data[j + 2 : j + 3] in _CONTINUATION:
+            i = -1  # empty (folded?) value: let the index find and check it
+    if i < 0:
+        msg.data = data
+        keys = _build_index(msg)
+        if _CONTENT_LENGTH not in msg._present:
+            return msg
+        cl = msg._value(keys.index(_CONTENT_LENGTH) + 1)
+    if not cl.isdigit() or len(cl) > 10:
+        raise ParseError(status_for_error, "Content-Length not digits")
+    body_end = body_start + int(cl)
+    ndata = len(data)
+    if body_end > ndata:
+        raise ParseError(status_for_error, "Content-Length exceeds the datagram")
+    msg.data = data if body_end == ndata else data[:body_end]
+    return msg
 
 
 def _classify_slow(
@@ -384,114 +562,95 @@ def _classify_slow(
         keys[i] = key
 
 
-def _parse(data: bytes) -> Request | Response:
-    if type(data) is not bytes:
-        data = bytes(data)
-    if data[:2] == b"\r\n":
-        # RFC 3261 §7.5: CRLFs before the start line are ignored (keep-alives).
-        data = data.lstrip(b"\r\n")
-        if not data:
-            raise ParseError(None, "keep-alive only")
-    is_response = data[:4] == b"SIP/"
-    status_for_error = None if is_response else 400
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        # On a datagram the header block must be complete (framing.py handles streams).
-        raise ParseError(status_for_error, "no empty line after the headers")
-    head = data[:end]
+def _check_singletons(keys: list[bytes | None], status: int | None) -> None:
+    """Raise when a header that MUST appear at most once repeats (RFC 4475 §3.3.8-9)."""
+    for key in SINGLETON_HEADERS:
+        if keys.count(key) > 1:
+            raise ParseError(status, f"duplicate {key.decode()} header")
+
+
+def _build_index(msg: Message) -> list[bytes | None]:
+    """Build the header index of ``msg`` and run the structural checks.
+
+    One pass over the header lines as C-level maps: ``name:value`` partition, then the
+    canonical key by dict lookup (common spellings and compact forms precomputed, so no
+    ``.lower()`` on the common path).  Checks: no bare LF, every line a header or a fold
+    (RFC 3261 §7.3.1), the mandatory headers (§8.1.1) present, singletons once (RFC 4475
+    §3.3.8-9), CSeq number and method (§8.1.1.5, RFC 4475 §3.1.2.17-18), Max-Forwards
+    digits (§20.22).  The index is stored only when every check passed.
+
+    Raises:
+        ParseError: with the message's error status (400 for requests, 501 for a CSeq
+            method mismatch on an unknown method, None for responses).
+    """
+    status = msg._ERROR_STATUS
+    head = msg.data[: msg._end]
     lines = head.split(b"\r\n")
+    nheaders = len(lines) - 1
     # A bare LF inside the header block would let a lenient downstream parser (many
     # accept LF line ends) see a different message (header injection): reject.  A bare
     # CR is caught by the value parsers of the headers we interpret.
-    if head.count(b"\n") != len(lines) - 1:
-        raise ParseError(status_for_error, "bare LF in header block")
-
-    msg: Request | Response = (
-        _parse_status_line(lines[0]) if is_response else _parse_request_line(lines[0])
-    )
-
-    # The one pass over the header lines, as C-level maps: name:value partition, then
-    # canonical key by dict lookup (common spellings and compact forms precomputed).
+    if head.count(b"\n") != nheaders:
+        raise ParseError(status, "bare LF in header block")
     parts = list(map(_partition, islice(lines, 1, None), repeat(b":")))
     keys: list[bytes | None] = list(map(_CANON_GET, map(_NAME, parts)))
-    folded = False
-    if None in keys:
-        folded = _classify_slow(lines, keys, status_for_error)
     present = set(keys)
-    if len(present) != len(keys):
-        # Some name repeats: it must not be a singleton (RFC 4475 §3.3.8, §3.3.9).
-        for key in SINGLETON_HEADERS:
-            if key in present and keys.count(key) > 1:
-                raise ParseError(status_for_error, f"duplicate {key.decode()} header")
+    folded = False
+    if None in present:
+        folded = _classify_slow(lines, keys, status)
+        present = set(keys)
+        present.discard(None)
+        # Continuation lines are None: count only real header lines below.
+        nheaders -= keys.count(None)
+    if len(present) != nheaders and nheaders - len(present) != keys.count(_VIA) - 1:
+        # Some name other than Via repeats (several Via lines are the common case of a
+        # response): it must not be a singleton (RFC 4475 §3.3.8, §3.3.9).
+        _check_singletons(keys, status)
     if not present >= _MANDATORY:
         # RFC 3261 §8.1.1: To, From, CSeq, Call-ID, Via are mandatory (RFC 4475 §3.3.1).
         missing = ", ".join(sorted(k.decode() for k in _MANDATORY if k not in present))
-        raise ParseError(status_for_error, f"missing mandatory header(s): {missing}")
-
+        raise ParseError(status, f"missing mandatory header(s): {missing}")
     msg._lines = lines
     msg._parts = parts
-    msg._keys = keys
     msg._present = present
     msg._folded = folded
-    msg._top_via = None
-    msg._cseq = None
+    msg._via = keys.index(_VIA) + 1
 
-    # Content-Length (RFC 3261 §20.14): digits only, must fit the datagram.
-    body_start = end + 4
-    ndata = len(data)
-    if b"content-length" in present:
-        if folded:
-            cl = msg._value(keys.index(b"content-length") + 1)
-        else:
-            cl = parts[keys.index(b"content-length")][2].strip(WS)
-        if not cl.isdigit() or len(cl) > 10:
-            raise ParseError(status_for_error, "Content-Length not digits")
-        body_end = body_start + int(cl)
-        if body_end > ndata:
-            raise ParseError(status_for_error, "Content-Length exceeds the datagram")
-        msg.data = data if body_end == ndata else data[:body_end]
-    else:
-        msg.data = data
-    msg._body_start = body_start
-
-    # CSeq (RFC 3261 §8.1.1.5): number <= 2**32-1 and a method token.
-    n = keys.index(b"cseq")
+    # CSeq (RFC 3261 §8.1.1.5): number <= 2**32-1 and a method token; the CSeq value
+    # itself is built on first use.
+    n = keys.index(_CSEQ)
     cseq_raw = msg._value(n + 1) if folded else parts[n][2]
     cparts = cseq_raw.split()
+    # Up to 9 digits always fit in 32 bits: no int() on the common path.
     if not (
         len(cparts) == 2
         and cparts[0].isdigit()
-        and len(cparts[0]) <= 10
-        and int(cparts[0]) <= MAX_CSEQ
-        and (not is_response or is_token(cparts[1]))
+        and (len(cparts[0]) < 10 or int(cparts[0]) <= MAX_CSEQ)
+        and (status is not None or is_token(cparts[1]))
     ):
         try:
             parse_cseq(cseq_raw)
         except ParseError as exc:
-            raise ParseError(status_for_error, exc.reason) from None
+            raise ParseError(status, exc.reason) from None
         # parse_cseq accepts what the fast check refused only via leading zeros.
         cparts = cseq_raw.split()
     msg._cseq_raw = cparts
 
-    if is_response:
-        return msg
-    assert isinstance(msg, Request)
-    if cparts[1] != msg.method:
-        # RFC 4475 §3.1.2.17 (400) / §3.1.2.18 (501 preferred for an unknown method).
-        status = 400 if msg.method in KNOWN_METHODS else 501
-        raise ParseError(status, "CSeq method does not match the request method")
-    if b"max-forwards" in present:
-        if folded:
-            mf = msg._value(keys.index(b"max-forwards") + 1)
+    if isinstance(msg, Request):
+        if cparts[1] != msg.method:
+            # RFC 4475 §3.1.2.17 (400) / §3.1.2.18 (501 preferred for an unknown method).
+            code = 400 if msg.method in KNOWN_METHODS else 501
+            raise ParseError(code, "CSeq method does not match the request method")
+        if _MAX_FORWARDS in present:
+            mf = msg._value(keys.index(_MAX_FORWARDS) + 1)
+            if not mf.isdigit():
+                raise ParseError(400, "Max-Forwards not digits")
+            # RFC 4475 §3.1.2.4: an absurdly large value is just "many"; avoid huge ints.
+            msg._max_forwards = int(mf) if len(mf) <= 9 else 999_999_999
         else:
-            mf = parts[keys.index(b"max-forwards")][2].strip(WS)
-        if not mf.isdigit():
-            raise ParseError(400, "Max-Forwards not digits")
-        # RFC 4475 §3.1.2.4: an absurdly large value is just "many"; avoid huge ints.
-        msg.max_forwards = int(mf) if len(mf) <= 9 else 999_999_999
-    else:
-        msg.max_forwards = None
-    return msg
+            msg._max_forwards = None
+    msg._keys = keys
+    return keys
 
 
 def _parse_request_line(line: bytes) -> Request:
@@ -509,7 +668,7 @@ def _parse_request_line(line: bytes) -> Request:
         raise ParseError(400, "malformed method")
     if not ruri or ruri.translate(None, _RURI_CHARS):
         raise ParseError(400, "malformed Request-URI")
-    req = Request.__new__(Request)
+    req = _new(Request)
     req.method = method
     req.request_uri = ruri
     return req
@@ -526,7 +685,7 @@ def _parse_status_line(line: bytes) -> Response:
     status = int(parts[1])
     if not 100 <= status <= 699:
         raise ParseError(None, "status code out of range")
-    resp = Response.__new__(Response)
+    resp = _new(Response)
     resp.status = status
     resp.reason = parts[2] if len(parts) == 3 else b""
     return resp
@@ -644,7 +803,7 @@ def forward_request(req: Request, plan: ForwardPlan) -> bytes:
     Steps (each cited): start line rewritten when ``plan.request_uri`` is set (step 6
     target), Max-Forwards decremented (step 3; inserted as 70 when absent; a decremented
     value above 70 is capped at 70 like Kamailio's maxfwd ``max_limit``), Record-Route
-    inserted above existing ones (step 4; right after our Via when there are none), the
+    inserted above existing ones (step 4; right after our Via), the
     top ``plan.pop_routes`` Route values removed (§16.4), ``received``/``rport`` set on the
     previous hop's Via (§18.2.1, RFC 3581), our Via pushed on top (step 8).  All other
     bytes are kept exactly (order, casing, compact forms, folding, body).
@@ -658,9 +817,148 @@ def forward_request(req: Request, plan: ForwardPlan) -> bytes:
 
     Raises:
         ProtocolViolation: when Max-Forwards is 0 (answer 483 instead, §16.3 step 3).
+        ParseError: when the header index has to be built and the block is invalid.
     """
+    if req._keys is None and plan.pop_routes <= 0:
+        # Nobody has looked at the headers yet: splice the raw bytes when the message
+        # has the common shape (see _forward_raw), without building the index.
+        raw = _forward_raw(req, plan)
+        if raw is not None:
+            return raw
+    mf = req.max_forwards
+    if mf is not None and mf <= 0:
+        raise ProtocolViolation("Max-Forwards is 0: answer 483, do not forward")
+    if req._folded or plan.pop_routes > 0:
+        return _forward_general(req, plan)
     lines = req._lines
-    keys = req._keys
+    out = lines[:]
+    # Start line (RFC 3261 §16.6 step 6: Request-URI of the chosen target).
+    if plan.request_uri is not None:
+        out[0] = req.method + b" " + plan.request_uri + b" SIP/2.0"
+    # Max-Forwards (step 3): the digits are replaced in place, the name and the spacing
+    # around them are kept as received.
+    if mf is None:
+        out.append(_MF_DEFAULT_LINE)
+    else:
+        n = req._index().index(_MAX_FORWARDS)
+        digits = req._parts[n][2].strip(WS)
+        line = lines[n + 1]
+        # The stripped value is all digits and ends the line (bar WSP): its last
+        # occurrence is the value itself.
+        i = line.rfind(digits)
+        out[n + 1] = b"%s%d%s" % (
+            line[:i], mf - 1 if mf <= MAX_FORWARDS_DEFAULT else MAX_FORWARDS_DEFAULT,
+            line[i + len(digits) :],
+        )
+    # Previous hop's Via (§18.2.1 received, RFC 3581 rport), our Via on top (step 8),
+    # Record-Route (step 4) above any existing one.
+    v = req._via
+    top = lines[v]
+    if plan.received is not None or plan.rport is not None:
+        top = _mark_top_via(top, plan.received, plan.rport)
+    ours = b"Via: " + plan.via
+    if plan.record_route:
+        ours = _insert_record_route(req, plan.record_route, ours, out)
+    out[v] = ours + b"\r\n" + top
+    out.append(req.data[req._body_start - 2 :])
+    return b"\r\n".join(out)
+
+
+def _insert_record_route(
+    req: Request, record_route: tuple[bytes, ...], ours: bytes, out: list[bytes]
+) -> bytes:
+    """Put our Record-Route line(s) above every existing one (RFC 3261 §16.6 step 4).
+
+    Right below our Via (the order of header lines only matters between lines of the
+    same name, §7.3.1), unless a Record-Route line sits above the top Via: then just
+    above it, in ``out``.  Returns ``ours`` (our Via line) with what goes below it.
+    """
+    rr = b"\r\n".join([b"Record-Route: " + value for value in record_route])
+    keys = req._index()
+    if _RECORD_ROUTE in req._present:
+        r = keys.index(_RECORD_ROUTE) + 1
+        if r < req._via:
+            out[r] = rr + b"\r\n" + out[r]
+            return ours
+    return ours + b"\r\n" + rr
+
+
+def _forward_raw(req: Request, plan: ForwardPlan) -> bytes | None:
+    """:func:`forward_request` over the raw bytes, or None when the shape is unusual.
+
+    The common shape: the previous hop's Via is the first header line (so everything
+    we insert goes right below the start line, above every existing Via and
+    Record-Route), neither it nor Max-Forwards is folded, Max-Forwards is spelled as
+    usual.  A header line starts right after a CRLF and a value never holds a CRLF
+    that is not followed by WSP (RFC 3261 §7.3.1), so a C-level search finds it.  The
+    output is one join over slices of the received bytes.
+    """
+    data = req.data
+    sl = req._sl
+    if not data.startswith(_VIA_LINE_STARTS, sl + 2):
+        return None
+    q = data.find(b"\r\n", sl + 2)
+    m = data.find(b"\r\nMax-Forwards:", q, req._end)
+    if m < 0 or data[q + 2] in _WSP:
+        return None
+    m += 15
+    me = data.find(b"\r\n", m)
+    if data[m] == 32:  # the usual single SP after the colon
+        m += 1
+    digits = data[m:me]
+    if not digits.isdigit() or data[me + 2] in _WSP:
+        return None  # odd spacing, folding or not digits: the index path decides
+    # RFC 3261 §16.6 step 3 (Kamailio max_limit: never forward more than 70).
+    mf = int(digits) if len(digits) <= 9 else 999_999_999
+    if mf <= 0:
+        raise ProtocolViolation("Max-Forwards is 0: answer 483, do not forward")
+    top = data[sl + 2 : q]
+    if plan.received is not None or plan.rport is not None:
+        top = _mark_top_via(top, plan.received, plan.rport)
+    request_uri = plan.request_uri
+    record_route = plan.record_route
+    return b"".join(
+        (
+            data[:sl] if request_uri is None
+            else req.method + b" " + request_uri + b" SIP/2.0",
+            b"\r\nVia: ",
+            plan.via,
+            b"" if not record_route
+            else b"".join([b"\r\nRecord-Route: " + value for value in record_route]),
+            b"\r\n",
+            top,
+            data[q:m],
+            b"%d" % (mf - 1 if mf <= MAX_FORWARDS_DEFAULT else MAX_FORWARDS_DEFAULT),
+            data[me:],
+        )
+    )
+
+
+def _mark_top_via(top: bytes, received: bytes | None, rport: int | None) -> bytes:
+    """received= / rport= on the previous hop's Via line (§18.2.1, RFC 3581 §4)."""
+    low = top.lower()
+    i = low.find(b";rport")
+    nxt = low[i + 6 : i + 7]
+    if (
+        # Inline fast path: one Via value without quoted strings (so what we find is a
+        # parameter, not text inside one), no received= yet, a plain ";rport" flag or
+        # none.  Trailing WSP is fine: SEMI = SWS ";" SWS (RFC 3261 §25.1).
+        len(low.translate(None, b',"')) == len(low)
+        and low.find(b"received") < 0
+        and (i < 0 or nxt in _RPORT_END)
+    ):
+        if i >= 0 and rport is not None and nxt != b"=":
+            top = b"%s=%d%s" % (top[: i + 6], rport, top[i + 6 :])
+        if received is not None:
+            top += b";received=" + received
+        return top
+    return _mark_received(top, received, rport)
+
+
+def _forward_general(req: Request, plan: ForwardPlan) -> bytes:
+    """:func:`forward_request` for folded messages and Route popping (line deletions)."""
+    keys = req._index()
+    lines = req._lines
     present = req._present
     folded = req._folded
     # Replacements keep line numbers stable: an inserted line rides in the same list slot
@@ -678,8 +976,6 @@ def forward_request(req: Request, plan: ForwardPlan) -> bytes:
     if mf is None:
         out.append(_MF_DEFAULT_LINE)
     else:
-        if mf <= 0:
-            raise ProtocolViolation("Max-Forwards is 0: answer 483, do not forward")
         new_mf = b"%d" % (mf - 1 if mf <= MAX_FORWARDS_DEFAULT else MAX_FORWARDS_DEFAULT)
         n = keys.index(b"max-forwards")
         name, _, value = req._parts[n]
@@ -711,7 +1007,7 @@ def forward_request(req: Request, plan: ForwardPlan) -> bytes:
 
     # Previous hop's Via (§18.2.1 received, RFC 3581 rport), then our Via on top (step 8)
     # and Record-Route (step 4).
-    v = keys.index(b"via") + 1
+    v = req._via
     top = lines[v]
     received = plan.received
     rport = plan.rport
@@ -720,35 +1016,10 @@ def forward_request(req: Request, plan: ForwardPlan) -> bytes:
         if m != v:
             top = b"\r\n".join(lines[v : m + 1])
             deleted.extend(range(v + 1, m + 1))
-        low = top.lower()
-        i = low.find(b";rport")
-        if (
-            # Inline fast path: one Via value, no quotes, no received= yet, a plain
-            # ";rport" flag (or none), nothing odd at the end of the line.
-            b"received" not in low
-            and b"," not in top
-            and b'"' not in top
-            and top[-1:] not in _LWS_BYTES
-            and (i < 0 or low[i + 6 : i + 7] in _RPORT_END)
-        ):
-            if i >= 0 and rport is not None and low[i + 6 : i + 7] != b"=":
-                top = b"%s=%d%s" % (top[: i + 6], rport, top[i + 6 :])
-            if received is not None:
-                top += b";received=" + received
-        else:
-            top = _mark_received(top, received, rport)
+        top = _mark_top_via(top, received, rport)
     ours = b"Via: " + plan.via
-    record_route = plan.record_route
-    if record_route:
-        if len(record_route) == 1:
-            rr = b"Record-Route: " + record_route[0]
-        else:
-            rr = b"\r\n".join([b"Record-Route: " + value for value in record_route])
-        if b"record-route" in present:
-            r = keys.index(b"record-route") + 1
-            out[r] = rr + b"\r\n" + out[r]
-        else:
-            ours += b"\r\n" + rr
+    if plan.record_route:
+        ours = _insert_record_route(req, plan.record_route, ours, out)
     out[v] = ours + b"\r\n" + top
 
     if deleted:
@@ -767,8 +1038,25 @@ def strip_top_via(resp: Response) -> bytes:
     Returns:
         The response bytes to forward; everything else byte-exact.
     """
+    data = resp.data
+    if resp._keys is None:
+        # Nobody has looked at the headers yet: when our Via is alone on the first header
+        # line, cut that line out of the raw bytes (two slices, no index).
+        sl = resp._sl
+        p = sl + 2
+        if data.startswith(_VIA_LINE_STARTS, p):
+            q = data.find(b"\r\n", p)
+            if data.find(b",", p, q) < 0 and data[q + 2 : q + 3] not in _CONTINUATION:
+                return data[:sl] + data[q:]
+    resp._index()
     lines = resp._lines
-    v = resp._keys.index(b"via") + 1
+    v = resp._via
+    line = lines[v]
+    if b"," not in line and not resp._folded:
+        # Fast path: the top Via line holds one value (ours), so the whole line goes.
+        # Two slices of the received bytes; the offset is the lengths of the lines above.
+        start = len(lines[0]) + 2 if v == 1 else sum(map(len, lines[:v])) + 2 * v
+        return data[:start] + data[start + len(line) + 2 :]
     m = resp._end_of(v)
     raw = lines[v] if m == v else b"\r\n".join(lines[v : m + 1])
     new_raw, _ = _drop_first_values(raw, 1)
@@ -833,7 +1121,7 @@ def build_response(
     lines += _raw_lines(req, b"from")
     to_lines = _raw_lines(req, b"to")
     if to_tag is not None and status > 100 and req.to_tag is None:
-        lines.append(b"To: " + req._value(req._keys.index(b"to") + 1) + b";tag=" + to_tag)
+        lines.append(b"To: " + req._value(req._index().index(_TO) + 1) + b";tag=" + to_tag)
     else:
         lines += to_lines
     lines += _raw_lines(req, b"call-id")
@@ -873,7 +1161,8 @@ def build_request(
 
 
 def _top_via_value(msg: Message) -> bytes:
-    raw = msg._value(msg._keys.index(b"via") + 1)
+    msg._index()
+    raw = msg._value(msg._via)
     comma = find_unquoted(raw, b",")
     return raw if comma < 0 else raw[:comma].rstrip(LWS)
 

@@ -147,9 +147,11 @@ def test_forward_keeps_untouched_bytes(case: CorpusCase) -> None:
     assert fwd.request_uri == msg.request_uri and fwd.method == msg.method
     # Every header line we had no reason to touch is there, byte-exact, in order.
     touched = {b"via", b"max-forwards", b"record-route"}
+    lines = msg.header_lines()  # builds the header index read below
     keys = msg._keys
+    assert keys is not None
     untouched = []
-    for i, line in enumerate(msg.header_lines()):
+    for i, line in enumerate(lines):
         owner = next((k for k in reversed(keys[: i + 1]) if k is not None), None)
         if owner not in touched:
             untouched.append(line)

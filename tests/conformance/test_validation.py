@@ -47,3 +47,21 @@ def test_bad_from_400() -> None:
 def test_garbage_and_bad_response_verdicts() -> None:
     assert decide(b"\x00\x01") == Decision("answer", 400)
     assert decide(b"SIP/2.0 200 OK\r\n\r\n") == Decision("drop", None)
+
+
+def test_structural_rules_checked_at_validation() -> None:
+    # parse() only frames; the structural rules (bare LF, singletons, mandatory headers,
+    # CSeq, Max-Forwards digits) are enforced by the first header access, which
+    # validate_request makes: together they answer what parse() alone used to.
+    cases = {
+        BASE.replace(b"Call-ID: k", b"Call-ID: k\nVia: evil"): 400,
+        BASE.replace(b"Call-ID: k", b"Call-ID: k\r\nCall-ID: k2"): 400,
+        BASE.replace(b"Call-ID: k\r\n", b""): 400,
+        BASE.replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE"): 400,
+        BASE.replace(b"CSeq: 1 OPTIONS", b"CSeq: x OPTIONS"): 400,
+        BASE.replace(b"Max-Forwards: 5", b"Max-Forwards: five"): 400,
+    }
+    for data, status in cases.items():
+        reject = validate(data)
+        assert reject is not None and reject.status == status, data
+        assert decide(data) == Decision("answer", status)

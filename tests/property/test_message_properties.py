@@ -160,3 +160,72 @@ def test_forward_then_strip_is_consistent(data: bytes, status: int) -> None:
     assert isinstance(upstream, Response)
     assert upstream.top_via.branch == b"z9hG4bKours"
     assert strip_top_via(upstream) == build_response(req, status, to_tag=b"t1")
+
+
+@st.composite
+def shaped_requests(draw: st.DrawFn) -> bytes:
+    """Valid requests in the usual shape and in the shapes the raw fast paths refuse."""
+    data = draw(requests())
+    via_name = draw(st.sampled_from([b"Via:", b"v:", b"VIA :", b"via:", b"Via:  "]))
+    data = data.replace(b"\r\nVia: ", b"\r\n" + via_name + b" ", 1)
+    mf_name = draw(st.sampled_from([b"Max-Forwards: ", b"max-forwards: ", b"Max-Forwards:",
+                                    b"Max-Forwards:   ", b"MAX-FORWARDS : "]))
+    data = data.replace(b"\r\nMax-Forwards: ", b"\r\n" + mf_name, 1)
+    if draw(st.booleans()):
+        data = data.replace(b";branch=", b";rport;branch=", 1)
+    if draw(st.booleans()):
+        # An existing Record-Route line above or below the top Via.
+        rr = b"Record-Route: <sip:rr.example.net;lr>\r\n"
+        head, _, rest = data.partition(b"\r\n")
+        data = head + b"\r\n" + (rr + rest if draw(st.booleans())
+                                 else rest.replace(b"\r\nCall-ID", b"\r\n" + rr[:-2] + b"\r\nCall-ID", 1))
+    if draw(st.booleans()):
+        # Move the top Via below From: the raw path needs it first.
+        lines = data.split(b"\r\n")
+        via = lines.pop(1)
+        at = next(i for i, line in enumerate(lines) if line.startswith(b"From"))
+        lines.insert(at + 1, via)
+        data = b"\r\n".join(lines)
+    return data
+
+
+PLANS = st.builds(
+    ForwardPlan,
+    via=st.just(OUR_VIA),
+    request_uri=st.one_of(st.none(), st.just(b"sip:x@gw.example.com")),
+    record_route=st.sampled_from([(), (b"<sip:192.0.2.1;lr>",),
+                                  (b"<sip:192.0.2.1;lr>", b"<sip:198.51.100.1;lr>")]),
+    received=st.one_of(st.none(), st.just(b"198.51.100.7")),
+    rport=st.one_of(st.none(), st.integers(1, 65535)),
+)
+
+
+@FAST
+@given(shaped_requests(), PLANS)
+def test_forward_raw_path_equals_index_path(data: bytes, plan: ForwardPlan) -> None:
+    # forward_request splices the raw bytes when no header was accessed yet, and works
+    # from the header index otherwise: both must give the same bytes.
+    fresh = parse(data)
+    indexed = parse(data)
+    assert isinstance(fresh, Request) and isinstance(indexed, Request)
+    indexed.header_lines()
+    assert forward_request(fresh, plan) == forward_request(indexed, plan)
+
+
+@FAST
+@given(shaped_requests(), st.integers(100, 699), st.booleans())
+def test_strip_raw_path_equals_index_path(data: bytes, status: int, comma: bool) -> None:
+    req = parse(data)
+    assert isinstance(req, Request)
+    fwd = parse(forward_request(req, ForwardPlan(via=OUR_VIA)))
+    assert isinstance(fwd, Request)
+    resp = build_response(fwd, status, to_tag=b"t1")
+    if comma:
+        # Our Via and the next one as one comma list on the first header line.
+        resp = resp.replace(OUR_VIA + b"\r\n", OUR_VIA + b", ", 1).replace(
+            b", Via: ", b", ", 1)
+    fresh = parse(resp)
+    indexed = parse(resp)
+    assert isinstance(fresh, Response) and isinstance(indexed, Response)
+    indexed.header_lines()
+    assert strip_top_via(fresh) == strip_top_via(indexed)

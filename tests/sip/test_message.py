@@ -97,8 +97,14 @@ def test_version_505() -> None:
 
 
 def test_bare_lf_rejected() -> None:
-    with pytest.raises(ParseError):
-        parse(INVITE.replace(b"Call-ID: c1@host", b"Call-ID: c1\nVia: evil"))
+    # A structural rule, not framing: parse() frames the datagram, the first header
+    # access (which validation always makes) builds the index and rejects it, and keeps
+    # rejecting it on every later access.
+    msg = parse(INVITE.replace(b"Call-ID: c1@host", b"Call-ID: c1\nVia: evil"))
+    for access in (lambda: msg.header_lines(), lambda: msg.top_via, lambda: msg.call_id):
+        with pytest.raises(ParseError) as exc:
+            access()
+        assert exc.value.status == 400
 
 
 def test_folded_header_is_unfolded() -> None:
