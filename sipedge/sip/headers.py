@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 
 from sipedge.sip.errors import ParseError
-from sipedge.sip.grammar import DIGITS, LWS, MAX_CSEQ, WS, is_token
+from sipedge.sip.grammar import DIGITS, LWS, MAX_CSEQ, TOKEN_CHARS, WS, is_token
 
 __all__ = [
     "CSeq",
@@ -39,6 +39,15 @@ Param = tuple[bytes, bytes | None]
 
 _HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
 _IPV6_CHARS = b"0123456789abcdefABCDEF:."
+_SCHEME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
+#: Bytes that end or break a URI in a header (LWS and the name-addr delimiters).
+_NOT_IN_URI = b' \t\r\n<>"'
+#: Bytes never inside an unquoted parameter value (RFC 3261 §25.1 gen-value).
+_NOT_IN_VALUE = b' \t\r\n"'
+#: Bytes that send a parameter list to the general (quote/angle-aware) splitter.
+_NOT_IN_PARAMS = b' \t\r\n"<'
+#: Bytes that send a Via value to the general (LWS/folding/quoting-aware) parser.
+_NOT_IN_VIA = b'\t\r\n"'
 
 
 def _bad(reason: str) -> ParseError:
@@ -69,9 +78,22 @@ def find_unquoted(value: bytes, chars: bytes, start: int = 0) -> int:
     Raises:
         ParseError: 400 on an unterminated quoted string (RFC 4475 §3.1.2.6).
     """
-    if len(chars) == 1 and b'"' not in value and b"<" not in value:
-        # Fast path: nothing to skip, a C-level find does it.
-        return value.find(chars, start)
+    if len(chars) == 1 and b'"' not in value:
+        # Fast paths: no quoted string, so only <...> can hide a separator.  C-level
+        # finds jump from candidate to candidate instead of a loop over every byte.
+        i = value.find(chars, start)
+        if b"<" not in value:
+            return i
+        while i >= 0:
+            # Inside <...> iff the last '<' before i has no '>' after it.
+            lt = value.rfind(b"<", start, i)
+            if lt < 0 or value.rfind(b">", start, i) > lt:
+                return i
+            gt = value.find(b">", i)
+            if gt < 0:
+                return -1
+            i = value.find(chars, gt)
+        return -1
     n = len(value)
     i = start
     in_angle = False
@@ -113,6 +135,8 @@ def split_values(value: bytes, sep: bytes = b",") -> list[bytes]:
         ParseError: 400 on an unterminated quoted string.
     """
     if b'"' not in value and b"<" not in value:
+        if sep not in value:
+            return [value.strip(LWS)]
         return [p.strip(LWS) for p in value.split(sep)]
     out: list[bytes] = []
     pos = 0
@@ -130,7 +154,8 @@ def _param_value_ok(value: bytes) -> bool:
         return len(value) >= 2 and find_unquoted(value, b"\x00", 0) == -1 and (
             value.endswith(b'"')
         )
-    return not any(c in value for c in (b" ", b"\t", b"\r", b"\n", b'"'))
+    # One C call: no LWS or quote inside a token/host value (RFC 3261 §25.1 gen-value).
+    return len(value.translate(None, _NOT_IN_VALUE)) == len(value)
 
 
 def parse_params(text: bytes) -> tuple[Param, ...]:
@@ -147,6 +172,17 @@ def parse_params(text: bytes) -> tuple[Param, ...]:
             or an empty/ill-formed value.
     """
     params: list[Param] = []
+    if len(text.translate(None, _NOT_IN_PARAMS)) == len(text):
+        # Fast path (the usual ``;rport;branch=z9hG4bK..;tag=..``): no LWS, no quoted
+        # string and no '<', so a plain split is exact and every value a valid gen-value.
+        for piece in text.split(b";"):
+            name, eq, val = piece.partition(b"=")
+            if eq and not val:
+                raise _bad("empty or malformed parameter value")
+            if not name or name.translate(None, TOKEN_CHARS):
+                raise _bad("empty or malformed parameter name")
+            params.append((name.lower(), val if eq else None))
+        return tuple(params)
     for piece in split_values(text, b";"):
         eq = piece.find(b"=")
         if eq < 0:
@@ -269,6 +305,18 @@ def parse_via(value: bytes) -> Via:
     Raises:
         ParseError: 400 when the value is malformed (RFC 4475 §3.1.2.1).
     """
+    if value[:8] == b"SIP/2.0/" and len(value.translate(None, _NOT_IN_VIA)) == len(value):
+        # Fast path, the shape every stack sends: ``SIP/2.0/UDP host:port;params`` with
+        # single spaces, no tabs, folding or quoted strings (RFC 3261 §20.42).
+        sp = value.find(b" ", 8)
+        transport = value[8:sp]
+        if sp > 8 and not transport.translate(None, TOKEN_CHARS):
+            semi = value.find(b";", sp)
+            sent_by = value[sp + 1 :] if semi < 0 else value[sp + 1 : semi]
+            if sent_by and b" " not in sent_by:
+                host, port = split_host_port(sent_by)
+                params = () if semi < 0 else parse_params(value[semi + 1 :])
+                return Via(transport, host, port, params)
     text = unfold(value).strip(LWS)
     parts = text.split(b"/", 2)
     if len(parts) != 3:
@@ -369,10 +417,9 @@ def _check_uri_text(uri: bytes) -> None:
     colon = uri.find(b":")
     if colon <= 0 or not uri[:1].isalpha():
         raise _bad("URI without scheme")
-    scheme = uri[:colon]
-    if scheme.translate(None, b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."):
+    if uri[:colon].translate(None, _SCHEME_CHARS):
         raise _bad("URI scheme malformed")
-    if any(c in uri for c in (b" ", b"\t", b"\r", b"\n", b"<", b">", b'"')):
+    if len(uri.translate(None, _NOT_IN_URI)) != len(uri):
         raise _bad("whitespace or delimiter inside URI")
 
 
@@ -393,6 +440,17 @@ def parse_name_addr(value: bytes) -> NameAddr:
             addr-spec holding ``?`` or ``,`` without brackets (RFC 3261 §20.10,
             RFC 4475 §3.1.2.13) or empty parameters.
     """
+    if value[:1] == b"<" and len(value.translate(None, _NOT_IN_VALUE)) == len(value):
+        # Fast path, ``<uri>;params`` without LWS or quoted strings (RFC 3261 §20.10).
+        gt = value.find(b">")
+        uri = value[1:gt]
+        if gt > 0 and b"<" not in uri:
+            _check_uri_text(uri)
+            rest = value[gt + 1 :]
+            if not rest:
+                return NameAddr(None, uri, ())
+            if rest[:1] == b";":
+                return NameAddr(None, uri, parse_params(rest[1:]))
     text = unfold(value).strip(LWS)
     display: bytes | None = None
     if text[:1] == b'"':

@@ -151,7 +151,7 @@ def parse_uri(raw: bytes) -> Uri:
     colon = raw.find(b":")
     if colon <= 0 or not raw[:1].isalpha() or raw[:colon].translate(None, _SCHEME_CHARS):
         raise _bad("URI without a valid scheme")
-    if any(c in _FORBIDDEN for c in raw):
+    if len(raw.translate(None, _FORBIDDEN)) != len(raw):
         raise _bad("forbidden byte in URI")
     scheme = raw[:colon].lower()
     n = len(raw)

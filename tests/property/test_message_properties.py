@@ -229,3 +229,46 @@ def test_strip_raw_path_equals_index_path(data: bytes, status: int, comma: bool)
     assert isinstance(fresh, Response) and isinstance(indexed, Response)
     indexed.header_lines()
     assert strip_top_via(fresh) == strip_top_via(indexed)
+
+
+def _find_unquoted_reference(value: bytes, chars: bytes, start: int = 0) -> int:
+    """The byte-at-a-time definition (RFC 3261 §7.3.1 quoting, §25.1 quoted-pair)."""
+    n, i, in_angle = len(value), start, False
+    while i < n:
+        c = value[i]
+        if c == 34:
+            i += 1
+            while i < n:
+                if value[i] == 92:
+                    i += 2
+                    continue
+                if value[i] == 34:
+                    break
+                i += 1
+            else:
+                raise ParseError(400, "unterminated quoted string")
+        elif c == 60:
+            in_angle = True
+        elif c == 62:
+            in_angle = False
+        elif not in_angle and c in chars:
+            return i
+        i += 1
+    return -1
+
+
+@FAST
+@given(st.lists(st.sampled_from([b"<", b">", b",", b";", b'"', b"\\", b"a", b"sip:x", b" "]),
+                max_size=24).map(b"".join), st.sampled_from([b",", b";"]), st.integers(0, 4))
+def test_find_unquoted_matches_reference(value: bytes, sep: bytes, start: int) -> None:
+    from sipedge.sip.headers import find_unquoted
+
+    try:
+        expected: int | str = _find_unquoted_reference(value, sep, start)
+    except ParseError:
+        expected = "error"
+    try:
+        got: int | str = find_unquoted(value, sep, start)
+    except ParseError:
+        got = "error"
+    assert got == expected
