@@ -176,12 +176,12 @@ def parse_params(text: bytes) -> tuple[Param, ...]:
         # Fast path (the usual ``;rport;branch=z9hG4bK..;tag=..``): no LWS, no quoted
         # string and no '<', so a plain split is exact and every value a valid gen-value.
         for piece in text.split(b";"):
-            name, eq, val = piece.partition(b"=")
-            if eq and not val:
+            key, sep, raw = piece.partition(b"=")
+            if sep and not raw:
                 raise _bad("empty or malformed parameter value")
-            if not name or name.translate(None, TOKEN_CHARS):
+            if not key or key.translate(None, TOKEN_CHARS):
                 raise _bad("empty or malformed parameter name")
-            params.append((name.lower(), val if eq else None))
+            params.append((key.lower(), raw if sep else None))
         return tuple(params)
     for piece in split_values(text, b";"):
         eq = piece.find(b"=")
@@ -315,8 +315,8 @@ def parse_via(value: bytes) -> Via:
             sent_by = value[sp + 1 :] if semi < 0 else value[sp + 1 : semi]
             if sent_by and b" " not in sent_by:
                 host, port = split_host_port(sent_by)
-                params = () if semi < 0 else parse_params(value[semi + 1 :])
-                return Via(transport, host, port, params)
+                return Via(transport, host, port,
+                           () if semi < 0 else parse_params(value[semi + 1 :]))
     text = unfold(value).strip(LWS)
     parts = text.split(b"/", 2)
     if len(parts) != 3:
