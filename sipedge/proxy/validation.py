@@ -84,17 +84,19 @@ def validate_request(req: Request) -> Reject | None:
 
 
 def _validate_request(req: Request) -> Reject | None:
-    # Step 1 "reasonable syntax": the values a proxy relies on must be well formed.
+    # Step 1 "reasonable syntax": the values a proxy relies on must be well formed.  The
+    # first header access builds the message's header index, which checks the structure
+    # parse() leaves out (bare LF, mandatory/singleton headers, CSeq number and method,
+    # Max-Forwards digits: RFC 3261 §7.3.1, §8.1.1, RFC 4475 §3.1.2.17-18, §3.3.8-9).
     via = req.top_via  # RFC 4475 §3.1.2.1 badinv01 (empty Via params)
     branch = via.branch
     if branch is not None and branch == MAGIC_COOKIE:
         # RFC 4475 §3.2.1: a bare magic cookie cannot key a transaction; answer 400
         # statelessly rather than risk matching unrelated requests.
         return _bad("Via branch is the bare magic cookie")
-    for name in (b"from", b"to"):
-        value = req.header(name)
-        assert value is not None  # mandatory, checked by parse()
-        parse_name_addr(value)  # quotbal, baddn, badaspec (RFC 4475 §3.1.2.6, .14, .15)
+    # From/To: quotbal, baddn, badaspec (RFC 4475 §3.1.2.6, .14, .15).  Parsed through
+    # the message so the core's from_tag/to_tag reuse the cached values.
+    _ = req.from_, req.to  # parsing them is the check (ParseError → Reject below)
     for value in req.header_values(b"contact"):
         if value != b"*":
             parse_name_addr(value)  # regbadct (§3.1.2.13), badinv01 Contact params
