@@ -222,19 +222,14 @@ class Message:
 
     def _indices(self, name: bytes) -> list[int]:
         """Line numbers of every header line named ``name``, top first."""
-        first = self._first_line(name)
-        if first is None:
-            return []
         keys = self._index()
-        out = [first]
-        i = first  # keys[i] is line i + 1: search from the line after ``first``
-        while True:
-            try:
-                i = keys.index(name, i)
-            except ValueError:
-                return out
-            i += 1
-            out.append(i)
+        if name not in self._present:
+            return []
+        first = keys.index(name)
+        if keys.count(name) == 1:
+            # The usual case; list.count is one C-level pass, no ValueError to catch.
+            return [first + 1]
+        return [i + 1 for i in range(first, len(keys)) if keys[i] == name]
 
     # -- public accessors ---------------------------------------------------------------
 
