@@ -498,8 +498,9 @@ def _parse(data: bytes) -> Request | Response:
 
     # Content-Length (RFC 3261 §20.14, §18.3): the framing.  The common spellings are
     # found with one C-level search (a header line starts right after a CRLF and no
-    # value holds a CRLF not followed by WSP); anything else builds the index.
-    i = data.find(b"\r\nContent-Length:", sl, end)
+    # value holds a CRLF not followed by WSP), backwards because stacks put it last;
+    # anything else builds the index (which also rejects a second Content-Length).
+    i = data.rfind(b"\r\nContent-Length:", sl, end)
     if i >= 0:
         i += 17
     else:
@@ -919,6 +920,7 @@ def _forward_raw(req: Request, plan: ForwardPlan) -> bytes | None:
             b"\r\nVia: ",
             plan.via,
             b"" if not record_route
+            else b"\r\nRecord-Route: " + record_route[0] if len(record_route) == 1
             else b"".join([b"\r\nRecord-Route: " + value for value in record_route]),
             b"\r\n",
             top,
