@@ -111,6 +111,8 @@ _new: Final = object.__new__
 _VIA_LINE_STARTS: Final = (b"Via:", b"v:", b"VIA:", b"via:", b"Via :")
 # The canonical key objects themselves (the values of CANONICAL): list.index/count
 # compare by identity first, so looking these up never reaches a bytes comparison.
+#: Header index of a message whose index failed to build (a real one is never empty).
+_NO_INDEX: Final[list[bytes | None]] = []
 _VIA: Final = CANONICAL[b"via"]
 _CSEQ: Final = CANONICAL[b"cseq"]
 _CONTENT_LENGTH: Final = CANONICAL[b"content-length"]
@@ -185,7 +187,7 @@ class Message:
                 :func:`_build_index`); raised again on every later access.
         """
         keys = self._keys
-        if keys is None:
+        if not keys:  # None: not built yet; _NO_INDEX: an earlier build failed
             keys = _build_index(self)
         return keys
 
@@ -579,6 +581,9 @@ def _build_index(msg: Message) -> list[bytes | None]:
         ParseError: with the message's error status (400 for requests, 501 for a CSeq
             method mismatch on an unknown method, None for responses).
     """
+    # Until every check passed the message counts as broken, not as unindexed: the raw
+    # forwarding paths must never take a message that failed here.
+    msg._keys = _NO_INDEX
     status = msg._ERROR_STATUS
     head = msg.data[: msg._end]
     lines = head.split(b"\r\n")

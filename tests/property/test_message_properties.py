@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from sipedge.sip import (
     ForwardPlan,
     ParseError,
+    ProtocolViolation,
     Request,
     Response,
     StreamFramer,
@@ -272,3 +273,52 @@ def test_find_unquoted_matches_reference(value: bytes, sep: bytes, start: int) -
     except ParseError:
         got = "error"
     assert got == expected
+
+
+def _touch_everything(msg: Request | Response) -> None:
+    """Every lazy accessor and transform; each may only raise ParseError (or 483)."""
+    accessors = [
+        lambda: msg.header_lines(), lambda: msg.top_via, lambda: msg.call_id,
+        lambda: msg.cseq, lambda: msg.from_tag, lambda: msg.to_tag, lambda: msg.via_count,
+        lambda: msg.header(b"contact"), lambda: msg.header_values(b"route"),
+        lambda: msg.has_header(b"content-length"), lambda: msg.body, lambda: msg.start_line,
+    ]
+    if isinstance(msg, Request):
+        accessors += [lambda: msg.max_forwards, lambda: msg.top_route]
+    for access in accessors:
+        with contextlib.suppress(ParseError):
+            access()
+    if isinstance(msg, Response):
+        with contextlib.suppress(ParseError):
+            strip_top_via(msg)
+
+
+@FAST
+@given(SIPISH, st.booleans())
+def test_lazy_accessors_raise_only_parse_error(data: bytes, forward_first: bool) -> None:
+    # "garbage → message or ParseError, nothing else" holds for the lazy accessors too,
+    # whichever runs first (the raw forward path or the header index).
+    msg = parse_or_error(data)
+    if msg is None:
+        return
+    if forward_first and isinstance(msg, Request):
+        with contextlib.suppress(ParseError, ProtocolViolation):
+            forward_request(msg, ForwardPlan(via=OUR_VIA, received=b"192.0.2.9", rport=1))
+    _touch_everything(msg)
+    if isinstance(msg, Request):
+        with contextlib.suppress(ParseError, ProtocolViolation):
+            forward_request(msg, ForwardPlan(via=OUR_VIA, record_route=(b"<sip:p;lr>",)))
+
+
+@pytest.mark.skipif(not CASES, reason="corpus not found")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_failed_index_never_takes_the_raw_path(case) -> None:  # type: ignore[no-untyped-def]
+    # Once the header index refused a message, forwarding it raises too (no raw splice).
+    msg = parse_or_error(case.data)
+    if not isinstance(msg, Request):
+        return
+    try:
+        msg.header_lines()
+    except ParseError:
+        with pytest.raises(ParseError):
+            forward_request(msg, ForwardPlan(via=OUR_VIA))
