@@ -96,7 +96,7 @@ def _validate_request(req: Request) -> Reject | None:
         return _bad("Via branch is the bare magic cookie")
     # From/To: quotbal, baddn, badaspec (RFC 4475 §3.1.2.6, .14, .15).  Parsed through
     # the message so the core's from_tag/to_tag reuse the cached values.
-    _ = req.from_, req.to  # parsing them is the check (ParseError → Reject below)
+    _ = req.from_, req.to  # parsing is the check: validate_request turns ParseError into 400
     for value in req.header_values(b"contact"):
         if value != b"*":
             parse_name_addr(value)  # regbadct (§3.1.2.13), badinv01 Contact params
