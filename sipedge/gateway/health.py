@@ -70,6 +70,10 @@ __all__ = [
 class Health(enum.Enum):
     """The state of one gateway. Values are the lower-case names used in JSON and metrics."""
 
+    # Members are singletons: identity hashing is C-level, unlike Enum.__hash__,
+    # and these key the transition tables looked up on every step.
+    __hash__ = object.__hash__
+
     PROBING = "probing"
     UP = "up"
     DOWN = "down"
@@ -78,6 +82,10 @@ class Health(enum.Enum):
 
 class Signal(enum.Enum):
     """The inputs of the health machine."""
+
+    # Members are singletons: identity hashing is C-level, unlike Enum.__hash__,
+    # and these key the transition tables looked up on every step.
+    __hash__ = object.__hash__
 
     SUCCESS = "success"  # healthy probe reply, or any answer on a call
     FAILURE = "failure"  # probe timeout / send failure / unhealthy reply, or a failed call
@@ -88,6 +96,10 @@ class Signal(enum.Enum):
 
 class Streak(enum.Enum):
     """Which consecutive-results counter an input extends (the other one resets)."""
+
+    # Members are singletons: identity hashing is C-level, unlike Enum.__hash__,
+    # and these key the transition tables looked up on every step.
+    __hash__ = object.__hash__
 
     SUCCESS = "success"
     FAILURE = "failure"

@@ -13,6 +13,7 @@ popped; the next hop of an in-dialog request is the next Route, else the Request
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from enum import Enum
@@ -36,12 +37,19 @@ __all__ = [
 class Direction(Enum):
     """Which way a request travels through the edge."""
 
+    # Members are singletons: identity hashing is C-level, unlike Enum.__hash__,
+    # and these key the transition tables looked up on every step.
+    __hash__ = object.__hash__
+
     OUTBOUND = "outbound"  # PBX → Twilio
     INBOUND = "inbound"  # Twilio → PBX
     UNKNOWN = "unknown"
 
 
+@functools.lru_cache(maxsize=1024)
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # Cached: every in-dialog request checks its next hop, and ip_address() is slow
+    # Python; the handful of peer addresses of an edge proxy fit the cache.
     try:
         return ipaddress.ip_address(host)
     except ValueError:

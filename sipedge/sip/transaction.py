@@ -86,6 +86,10 @@ __all__ = [
 class State(Enum):
     """Transaction states, named as in RFC 3261 §17 figures 5–8 and RFC 6026 §7."""
 
+    # Members are singletons: identity hashing is C-level, unlike Enum.__hash__,
+    # and these key the transition tables looked up on every step.
+    __hash__ = object.__hash__
+
     CALLING = "Calling"
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
@@ -103,6 +107,10 @@ class Input(Enum):
     wire (client side), ``TU_*`` from the transaction user (server side). Timer C is not here:
     it is a proxy timer (RFC 3261 §16.6 step 11) run by the proxy core.
     """
+
+    # Members are singletons: identity hashing is C-level, unlike Enum.__hash__,
+    # and these key the transition tables looked up on every step.
+    __hash__ = object.__hash__
 
     REQUEST = "request"
     ACK = "ack"
@@ -129,6 +137,10 @@ class Input(Enum):
 
 class Effect(Enum):
     """The verbs a transition-table entry may use (the "action kinds")."""
+
+    # Members are singletons: identity hashing is C-level, unlike Enum.__hash__,
+    # and these key the transition tables looked up on every step.
+    __hash__ = object.__hash__
 
     SEND_REQUEST = "send request"  # client: retransmit the request
     SEND_ACK = "send ACK"  # INVITE client: (re)send the ACK for a non-2xx final
