@@ -29,6 +29,7 @@ import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sipedge.gateway.health import Health
 from sipedge.gateway.pool import Gateway, GatewayPool
@@ -45,7 +46,6 @@ from sipedge.proxy.rewrite import (
     branch_for,
     localize_request_uri,
     loop_hash,
-    record_route_value,
     strip_params,
     via_value,
 )
@@ -94,9 +94,12 @@ _EDGE_PARAMS = (b"edge", b"tnx")
 _TO_TAG_LEN = 10
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
-    """One message for the shell to send: ``data`` to ``dest`` from listener ``local``."""
+class Send(NamedTuple):
+    """One message for the shell to send: ``data`` to ``dest`` from listener ``local``.
+
+    A NamedTuple rather than a frozen dataclass: one is built per message sent, and a
+    tuple is built in C.
+    """
 
     data: bytes
     dest: Endpoint
@@ -628,11 +631,11 @@ class ProxyCore:
         branch = branch_for(loop, ctx.key, len(ctx.branches))
         record_route: tuple[bytes, ...] = ()
         if req.method in _RECORD_ROUTE_METHODS and req.to_tag is None:
-            if local == ctx.local:
-                record_route = (record_route_value(local),)
-            else:
-                # RFC 5658 double Record-Route: each side sees the address it can reach.
-                record_route = (record_route_value(local), record_route_value(ctx.local))
+            rr = self.listeners.record_route
+            # RFC 5658 double Record-Route when the two sides use different listeners:
+            # each side then sees the address it can reach.
+            record_route = ((rr(local),) if local == ctx.local
+                            else (rr(local), rr(ctx.local)))
         received, rport = self._received(req, ctx.peer)
         plan = ForwardPlan(via=via_value(local, branch), request_uri=new_uri,
                            record_route=record_route, pop_routes=popped,

@@ -33,11 +33,9 @@ def loop_hash(request_uri: bytes, call_id: bytes, from_tag: bytes | None,
     Request-URI *as we send it*, Call-ID, tags and CSeq. A spiral (the R-URI changed
     downstream) hashes differently and is not a loop.
     """
-    h = hashlib.blake2s(digest_size=6)
-    for part in (request_uri, call_id, from_tag or b"", to_tag or b"", b"%d" % cseq, method):
-        h.update(part)
-        h.update(b"\x00")
-    return h.hexdigest().encode("ascii")
+    material = b"\x00".join(
+        (request_uri, call_id, from_tag or b"", to_tag or b"", b"%d" % cseq, method))
+    return hashlib.blake2s(material, digest_size=6).hexdigest().encode("ascii")
 
 
 def branch_for(loop: bytes, server_key: bytes, attempt: int) -> bytes:

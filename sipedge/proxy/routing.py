@@ -103,7 +103,7 @@ def uri_endpoint(uri: Uri) -> Endpoint | None:
 class Listeners:
     """Our own addresses on both sides, for "is this Route/URI me?" and egress choice."""
 
-    __slots__ = ("_needles", "_own", "_own_values", "inside", "outside")
+    __slots__ = ("_needles", "_own", "_own_values", "_rr", "inside", "outside")
 
     def __init__(self, inside: tuple[Endpoint, ...], outside: tuple[Endpoint, ...]) -> None:
         self.inside = inside
@@ -116,8 +116,8 @@ class Listeners:
         # spares a full name-addr/URI parse for the (common) foreign values.
         self._needles = tuple({ep.host.encode("ascii") for ep in (*inside, *outside)})
         # The exact values we Record-Route with: in-dialog Routes are copies of them.
-        self._own_values = frozenset(
-            record_route_value(ep) for ep in (*inside, *outside))
+        self._rr = {ep: record_route_value(ep) for ep in (*inside, *outside)}
+        self._own_values = frozenset(self._rr.values())
 
     def is_own(self, uri: Uri) -> bool:
         """True when ``uri``'s host:port is one of our listeners (RFC 3261 §16.4)."""
@@ -145,6 +145,13 @@ class Listeners:
             return self.is_own(parse_uri(parse_name_addr(value).uri))
         except SipError:
             return False
+
+    def record_route(self, listener: Endpoint) -> bytes:
+        """Our Record-Route value for ``listener`` (precomputed for our listeners)."""
+        value = self._rr.get(listener)
+        if value is None:
+            value = record_route_value(listener)
+        return value
 
     def egress(self, outside: bool, transport: str) -> Endpoint:
         """The listener a message to the given side leaves from."""

@@ -87,6 +87,7 @@ class UdpListener(asyncio.DatagramProtocol):
         self._open: set[UdpFlow] = set()
         self.closed = asyncio.Event()
         self.send_errors = 0
+        self._peers: dict[Any, Endpoint] = {}
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -96,7 +97,14 @@ class UdpListener(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._sink.receive(data, peer_endpoint("udp", addr), self.local, self._loop.time())
+        # One Endpoint per source address, reused: a trunk has a handful of peers, and a
+        # frozen dataclass costs a microsecond to build per datagram. Bounded for scans.
+        peer = self._peers.get(addr)
+        if peer is None:
+            if len(self._peers) >= 4096:
+                self._peers.clear()
+            peer = self._peers[addr] = peer_endpoint("udp", addr)
+        self._sink.receive(data, peer, self.local, self._loop.time())
 
     def error_received(self, exc: Exception) -> None:
         self.send_errors += 1
@@ -288,7 +296,12 @@ class UdpFlow(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         # The peer is normally ``dest``; a datagram from someone else can only be one that
         # raced in between bind() and connect(), and is delivered as its sender's.
-        peer = peer_endpoint("udp", addr) if addr else self.dest
+        dest = self.dest
+        # A connected socket hears (almost) only its gateway: reuse its Endpoint.
+        if not addr or (addr[1] == dest.port and addr[0] == dest.host):
+            peer = dest
+        else:
+            peer = peer_endpoint("udp", addr)
         self._sink.receive(data, peer, self.local, self._loop.time())
 
     def error_received(self, exc: Exception) -> None:
