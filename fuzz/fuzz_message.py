@@ -67,9 +67,16 @@ def main() -> None:
                     if validate_request(msg) is None:
                         out = forward_request(msg, plan)
                         try:
-                            parse(out)
-                        except ParseError as exc:  # what we emit must parse again
+                            # What we emit must parse again *and* pass validation: parse()
+                            # only frames, the header rules run on first access.
+                            again = parse(out)
+                            assert isinstance(again, Request)
+                            again.header_lines()
+                            verdict = validate_request(again)
+                        except ParseError as exc:
                             raise AssertionError(f"forwarded message unparseable: {exc}") from exc
+                        if verdict is not None and verdict.status != 483:
+                            raise AssertionError(f"forwarded message invalid: {verdict}")
                     else:
                         forward_request(msg, plan)
                 else:

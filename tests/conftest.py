@@ -65,6 +65,6 @@ def clock() -> FakeClock:
 
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
-    if not CORPUS.is_dir():
-        pytest.skip(f"corpus not found at {CORPUS} (set SIPEDGE_CORPUS)")
+    # A missing corpus is a broken checkout, not a reason to pass quietly.
+    assert CORPUS.is_dir(), f"corpus not found at {CORPUS} (set SIPEDGE_CORPUS)"
     return CORPUS

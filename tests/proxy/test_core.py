@@ -732,7 +732,6 @@ CORPUS = sorted((_corpus_root() / "rfc4475").rglob("*.sip")) + sorted(
     (_corpus_root() / "rfc5118").glob("*/*.sip"))
 
 
-@pytest.mark.skipif(not CORPUS, reason="corpus not found (SIPEDGE_CORPUS or ../shared/corpus)")
 @pytest.mark.parametrize("peer", [PBX, VIRGINIA[0]], ids=["pbx", "gateway"])
 def test_corpus_messages_never_raise_from_receive(peer: Endpoint) -> None:
     h = ProxyHarness()
