@@ -7,10 +7,13 @@ the transports; this module builds them from a validated ``Config`` and runs the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ipaddress
 import logging
 import os
 import random
 import signal
+import socket
 from collections.abc import Mapping
 
 from sipedge.admin import AdminServer
@@ -178,6 +181,29 @@ def _sni_map(pool: GatewayPool) -> dict[Endpoint, str]:
     return {g.endpoint: g.domain_host.decode("ascii") for g in pool.gateways()}
 
 
+async def resolve_pbx(config: Config) -> Config:
+    """The config with ``inside.pbx`` as an IP address (resolved once, at start).
+
+    Sends must never resolve names on the event loop; a PBX is a fixed host, so one
+    lookup at start is enough (re-resolution would need a restart or reload).
+
+    Raises:
+        OSError: the name does not resolve.
+    """
+    pbx = config.inside.pbx
+    try:
+        ipaddress.ip_address(pbx.host)
+        return config
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(pbx.host, pbx.port, type=socket.SOCK_DGRAM)
+    host = str(infos[0][4][0])
+    log.info("inside.pbx %s resolved to %s", pbx.host, host)
+    inside = dataclasses.replace(config.inside, pbx=Endpoint(pbx.transport, host, pbx.port))
+    return dataclasses.replace(config, inside=inside)
+
+
 def watch_gateways(transports: Transports, core: ProxyCore) -> None:
     """Send to each UDP gateway through a connected socket sharing the outside port.
 
@@ -197,6 +223,12 @@ async def serve(config: Config, stop: asyncio.Event, *,
     ``resolver`` overrides the system DNS configuration (tests point it at loopback).
     """
     loop = asyncio.get_running_loop()
+    try:
+        config = await resolve_pbx(config)
+    except OSError as exc:
+        log.error("%s: inside.pbx: cannot resolve %s: %s", config.path,
+                  config.inside.pbx.host, exc)
+        return 68  # EX_NOHOST
     core = build_core(config, loop.time())
     driver = CoreDriver(core, loop, EventLogger())
     tls = None
