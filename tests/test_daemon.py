@@ -25,7 +25,11 @@ async def test_pbx_ip_left_alone() -> None:
 
 def test_core_built_from_lab_config_probes_every_gateway() -> None:
     core = build_core(parse_config(LAB), 0.0)
-    core.handle_timer(0.0)
-    probed = {s.dest.host for s in core.drain_outbox() if s.data.startswith(b"OPTIONS")}
+    probed: set[str] = set()
+    for _ in range(12):  # first probes are spread by jitter: run each due time
+        deadline = core.next_deadline()
+        assert deadline is not None and deadline < 3.0
+        core.handle_timer(deadline)
+        probed |= {s.dest.host for s in core.drain_outbox() if s.data.startswith(b"OPTIONS")}
     assert probed == {"127.0.0.64", "127.0.0.65", "127.0.0.66",
                       "127.0.1.64", "127.0.1.65", "127.0.1.66"}
