@@ -7,6 +7,7 @@ profiled in a repeatable way:
 
     python bench/core.py              # calls/s, median of 5 runs
     python bench/core.py --profile    # cProfile of one run, top 25 by self time
+    python bench/core.py --default-gc # without the daemon's tune_gc() (CPython defaults)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sipedge.config import load_config
-from sipedge.daemon import build_core
+from sipedge.daemon import build_core, tune_gc
 from sipedge.proxy.core import ProxyCore, Send
 from sipedge.sip.address import Endpoint
 from sipedge.sip.message import Request, build_response, parse
@@ -118,7 +119,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="keep CPython's GC thresholds instead of the daemon's tune_gc()")
     args = parser.parse_args()
+    if not args.default_gc:
+        tune_gc()  # the daemon runs with these settings (sipedge.daemon.run)
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import ipaddress
 import logging
 import os
@@ -287,9 +288,30 @@ async def serve(config: Config, stop: asyncio.Event, *,
     return 0
 
 
+#: Generation-0 threshold of the daemon's cyclic GC (CPython's default is 700).
+GC_GEN0_THRESHOLD = 5000
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage less often, and never scan what start-up built.
+
+    Each call allocates about a hundred GC-tracked objects (messages, transactions, the
+    context <-> branch cycle), so the default threshold runs a generation-0 collection
+    every seven calls or so, and full collections walk every live call: about 15 % of
+    the core's time in bench/core.py. A 5000 threshold bounds uncollected garbage to a
+    few hundred kilobytes; ``gc.freeze()`` moves the modules, config and pool into the
+    permanent generation so full collections no longer walk them.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+
+
 def run(config: Config) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     from sipedge.transport import run as run_loop
+
+    tune_gc()
 
     async def main() -> int:
         stop = asyncio.Event()
