@@ -52,7 +52,7 @@ from sipedge.proxy.rewrite import (
 from sipedge.proxy.routing import Direction, Listeners, classify_source, uri_endpoint
 from sipedge.proxy.settings import ProxySettings, RejectUnknown
 from sipedge.proxy.stats import ProxyStats
-from sipedge.proxy.validation import validate_request, validate_response
+from sipedge.proxy.validation import Reject, check_request, validate_response
 from sipedge.sip.address import Endpoint
 from sipedge.sip.errors import ParseError, SipError
 from sipedge.sip.headers import parse_name_addr, parse_via
@@ -82,7 +82,7 @@ from sipedge.sip.transaction import (
 from sipedge.sip.transaction import (
     TimedOut as TxTimedOut,
 )
-from sipedge.sip.uri import parse_uri
+from sipedge.sip.uri import Uri, parse_uri
 
 __all__ = ["ProxyCore", "Send"]
 
@@ -135,6 +135,7 @@ class _Context:
     key: bytes
     server: ServerTransaction
     request: Request
+    uri: Uri  # the parsed Request-URI (validation parsed it; routing reuses it)
     peer: Endpoint
     local: Endpoint
     direction: Direction
@@ -394,16 +395,17 @@ class ProxyCore:
             self._on_cancel(req, peer, local, now)
             return
 
-        reject = validate_request(req)
-        if reject is not None:
-            self._respond_stateless(req, peer, local, reject.status, reject.reason.encode(),
-                                    reject.extra_headers)
+        checked = check_request(req)
+        if isinstance(checked, Reject):
+            self._respond_stateless(req, peer, local, checked.status, checked.reason.encode(),
+                                    checked.extra_headers)
             return
 
         server = ServerTransaction(key, req.data, invite=method == b"INVITE",
                                    reliable=peer.is_reliable, timers=self.settings.timers,
                                    now=now)
-        ctx = _Context(key, server, req, peer, local, direction, to_tag=self._new_tag())
+        ctx = _Context(key, server, req, checked, peer, local, direction,
+                       to_tag=self._new_tag())
         self._contexts[key] = ctx
         if method == b"INVITE":
             # RFC 3261 §16.2: 100 Trying at once so the caller stops retransmitting.
@@ -411,7 +413,8 @@ class ProxyCore:
 
         popped, next_route = self._own_routes(req)
         in_dialog = req.to_tag is not None or next_route is not None
-        if popped == 0 and not in_dialog and method == b"OPTIONS" and self._uri_is_own(req):
+        if (popped == 0 and not in_dialog and method == b"OPTIONS"
+                and self.listeners.is_own(ctx.uri)):
             self._answer_options(ctx, now)
             return
         if in_dialog:
@@ -445,12 +448,6 @@ class ProxyCore:
 
     def _new_tag(self) -> bytes:
         return b"se%08x" % next(self._tag_counter)
-
-    def _uri_is_own(self, req: Request) -> bool:
-        try:
-            return self.listeners.is_own(parse_uri(req.request_uri))
-        except SipError:
-            return False
 
     def _direction(self, host: str) -> Direction:
         """Which way a request from ``host`` goes, cached per source address.
@@ -517,23 +514,18 @@ class ProxyCore:
 
     def _route_inbound(self, ctx: _Context, popped: int, now: float) -> None:
         """Twilio → PBX: note ``edge``/``tnx``, optionally strip them, send to the PBX."""
-        req = ctx.request
         new_uri: bytes | None = None
-        try:
-            uri = parse_uri(req.request_uri)
-        except SipError:
-            uri = None
-        if uri is not None:
-            if uri.param(b"edge") is not None:
-                self.stats.edge_param_seen += 1
-            tnx = uri.param(b"tnx")
-            if tnx is not None:
-                self.stats.tnx_deprecated += 1
-                self._events.append(
-                    DeprecatedParameterSeen(ctx.peer, tnx.decode("ascii", "replace")))
-            has_edge = tnx is not None or uri.param(b"edge") is not None
-            if self.settings.strip_edge_params and has_edge:
-                new_uri = strip_params(uri, _EDGE_PARAMS)
+        uri = ctx.uri  # validated: parsed without error
+        if uri.param(b"edge") is not None:
+            self.stats.edge_param_seen += 1
+        tnx = uri.param(b"tnx")
+        if tnx is not None:
+            self.stats.tnx_deprecated += 1
+            self._events.append(
+                DeprecatedParameterSeen(ctx.peer, tnx.decode("ascii", "replace")))
+        has_edge = tnx is not None or uri.param(b"edge") is not None
+        if self.settings.strip_edge_params and has_edge:
+            new_uri = strip_params(uri, _EDGE_PARAMS)
         pbx = self.settings.pbx
         local = self.listeners.egress(outside=False, transport=pbx.transport)
         self._start_branch(ctx, pbx, local, None, new_uri, popped, now)
@@ -542,9 +534,8 @@ class ProxyCore:
                          now: float) -> None:
         """Loose routing (RFC 3261 §16.12): next Route, else the Request-URI."""
         try:
-            uri_bytes = (parse_name_addr(next_route).uri if next_route is not None
-                         else ctx.request.request_uri)
-            dest = uri_endpoint(parse_uri(uri_bytes))
+            uri = ctx.uri if next_route is None else parse_uri(parse_name_addr(next_route).uri)
+            dest = uri_endpoint(uri)
         except SipError:
             dest = None
         if dest is None or self.listeners.is_own_endpoint(dest):
@@ -597,7 +588,7 @@ class ProxyCore:
             return
         ctx.tried.add(gateway.id)
         try:
-            new_uri = localize_request_uri(parse_uri(ctx.request.request_uri), gateway.domain_host)
+            new_uri = localize_request_uri(ctx.uri, gateway.domain_host)
         except SipError:
             self._respond(ctx, 416, now, b"Unsupported URI Scheme")
             return
