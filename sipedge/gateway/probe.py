@@ -135,7 +135,10 @@ class ProbeSchedule:
     fraction) so probes to the gateways of one edge do not lock into step.
     """
 
-    __slots__ = ("_due", "_in_flight", "_rng", "interval_down_s", "interval_up_s", "jitter")
+    __slots__ = (
+        "_due", "_in_flight", "_next", "_next_valid", "_rng", "interval_down_s", "interval_up_s",
+        "jitter",
+    )
 
     def __init__(
         self,
@@ -166,6 +169,11 @@ class ProbeSchedule:
         self.jitter = jitter
         self._due: dict[str, float] = {}
         self._in_flight: set[str] = set()
+        # next_deadline() runs after every datagram (the shell re-arms its one timer) but
+        # the schedule changes only a few times a minute: cache the answer, and let every
+        # method that touches _due/_in_flight drop it.
+        self._next: float | None = None
+        self._next_valid = False
 
     def interval(self, health: Health) -> float:
         """The nominal (un-jittered) interval for a gateway in ``health``."""
@@ -181,10 +189,12 @@ class ProbeSchedule:
         does not fire every probe in the same millisecond.
         """
         if gateway_id not in self._due:
+            self._next_valid = False
             self._due[gateway_id] = now + self._rng.uniform(0.0, self.jitter * self.interval_down_s)
 
     def remove(self, gateway_id: str) -> None:
         """Stop probing a gateway (a late result for it is then the core's to drop)."""
+        self._next_valid = False
         self._due.pop(gateway_id, None)
         self._in_flight.discard(gateway_id)
 
@@ -207,7 +217,9 @@ class ProbeSchedule:
             (t, gid) for gid, t in self._due.items() if t <= now and gid not in self._in_flight
         )
         ids = [gid for _, gid in ready]
-        self._in_flight.update(ids)
+        if ids:
+            self._next_valid = False
+            self._in_flight.update(ids)
         return ids
 
     def is_in_flight(self, gateway_id: str) -> bool:
@@ -216,8 +228,12 @@ class ProbeSchedule:
 
     def next_deadline(self) -> float | None:
         """Earliest due time of a gateway without a probe in flight, or None."""
+        if self._next_valid:
+            return self._next
         times = [t for gid, t in self._due.items() if gid not in self._in_flight]
-        return min(times) if times else None
+        self._next = min(times) if times else None
+        self._next_valid = True
+        return self._next
 
     def reschedule(
         self, gateway_id: str, now: float, health: Health, *, not_before: float | None = None
@@ -234,6 +250,7 @@ class ProbeSchedule:
         Returns:
             The next due time, or None if the gateway is not scheduled (removed by a reload).
         """
+        self._next_valid = False
         self._in_flight.discard(gateway_id)
         if gateway_id not in self._due:
             return None
