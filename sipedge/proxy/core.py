@@ -168,7 +168,8 @@ def _response_dest(req: Request, peer: Endpoint) -> Endpoint:
         via = req.top_via
     except SipError:
         return peer
-    if via.rport is not None or via.port is None:
+    if via.rport is not None or via.port is None or via.port == peer.port:
+        # The same address as the source: reuse its Endpoint (no allocation per response).
         return peer
     return Endpoint(peer.transport, peer.host, via.port)
 
