@@ -889,6 +889,7 @@ class ProxyCore:
                                          ctx.local))
             elif isinstance(action, Terminated):
                 self._contexts.pop(ctx.key, None)
+                self._release(ctx)
                 return
         deadline = ctx.server.next_deadline()
         if deadline is not None:
@@ -963,6 +964,22 @@ class ProxyCore:
             keys.discard(branch.key)
             if not keys:
                 del self._branches_by_dest[branch.dest]
+        self._release(branch.ctx)
+
+    def _release(self, ctx: _Context) -> None:
+        """Break the context <-> branch cycle once neither side can be reached.
+
+        Then reference counting frees the call's objects (messages, transactions) at
+        once, instead of leaving them to the cyclic GC, which the daemon runs rarely
+        (``daemon.tune_gc``): memory stays proportional to the live calls.
+        """
+        if self._contexts.get(ctx.key) is ctx:
+            return
+        branches = self._branches
+        for branch in ctx.branches:
+            if branches.get(branch.key) is branch:
+                return
+        ctx.branches = []
 
     def _push(self, deadline: float, kind: bytes, key: bytes) -> None:
         heapq.heappush(self._heap, (deadline, next(self._seq), kind, key))
