@@ -397,6 +397,16 @@ class ProxyCore:
             return
 
         checked = check_request(req)
+        if (isinstance(checked, Reject) and checked.status == 483 and method == b"OPTIONS"
+                and req.top_route is None):
+            # RFC 3261 §16.3 step 3: an OPTIONS with Max-Forwards 0 addressed to us is ours
+            # to answer (§11) — the usual "is the proxy alive" ping, not a loop.
+            try:
+                uri = parse_uri(req.request_uri)
+            except SipError:
+                uri = None
+            if uri is not None and self.listeners.is_own(uri):
+                checked = uri
         if isinstance(checked, Reject):
             self._respond_stateless(req, peer, local, checked.status, checked.reason.encode(),
                                     checked.extra_headers)

@@ -617,6 +617,23 @@ def test_options_to_sipedge_answered_503_when_no_gateway_up() -> None:
     assert [(s.dest, status_of(s)) for s in out] == [(PBX, 503)]
 
 
+def test_options_to_sipedge_with_max_forwards_0_answered_not_483(h: ProxyHarness) -> None:
+    # RFC 3261 §16.3 step 3: the proxy may act as the final recipient of such an OPTIONS.
+    req = make_request(b"OPTIONS", b"sip:127.0.0.1:5080", via=[pbx_via(8)],
+                       to=b"<sip:127.0.0.1:5080>", call_id=b"opt-mf0", max_forwards=0)
+    out = h.feed(req, PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 200)]
+
+
+def test_options_elsewhere_with_max_forwards_0_gets_483(h: ProxyHarness) -> None:
+    req = make_request(b"OPTIONS", b"sip:+14155550100@127.0.0.1:5080;user=phone",
+                       via=[pbx_via(9)], call_id=b"opt-mf0-b", max_forwards=0)
+    req = req.replace(b"OPTIONS sip:+14155550100@127.0.0.1:5080;user=phone",
+                      b"OPTIONS sip:+14155550100@example.com")
+    out = h.feed(req, PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 483)]
+
+
 def test_options_to_sipedge_from_twilio_answered_locally(h: ProxyHarness) -> None:
     req = make_request(b"OPTIONS", b"sip:127.0.0.3:5060",
                        via=[b"SIP/2.0/UDP 127.0.0.64:5060;branch=z9hG4bK-twping"],
