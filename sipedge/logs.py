@@ -31,7 +31,8 @@ class RateLimitedLogger:
         self._windows: dict[str, tuple[float, int]] = {}
         self.suppressed = 0
 
-    def log(self, level: int, key: str, msg: str, *args: object) -> None:
+    def log(self, level: int, key: str, msg: str, *args: object,
+            exc_info: bool = False) -> None:
         """Log ``msg`` unless ``key`` already used its burst in this period."""
         if not self.logger.isEnabledFor(level):
             return
@@ -44,7 +45,7 @@ class RateLimitedLogger:
         count += 1
         self._windows[key] = (start, count)
         if count <= self.burst:
-            self.logger.log(level, msg, *args)
+            self.logger.log(level, msg, *args, exc_info=exc_info)
         else:
             self.suppressed += 1
         if len(self._windows) > 10000:

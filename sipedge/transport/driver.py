@@ -10,9 +10,11 @@ than a cancel + call_at per packet on the hot path.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from sipedge.logs import RateLimitedLogger
 from sipedge.proxy.core import ProxyCore
 from sipedge.proxy.events import Event
 from sipedge.sip.address import Endpoint
@@ -37,6 +39,8 @@ class CoreDriver:
         self._on_event = on_event
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self.internal_errors = 0
+        self._limited = RateLimitedLogger(logging.getLogger(__name__))
 
     def attach(self, sender: Sender) -> None:
         """Give the driver its transports (they are built with the driver as their sink)."""
@@ -44,12 +48,26 @@ class CoreDriver:
 
     # MessageSink
     def receive(self, data: bytes, peer: Endpoint, local: Endpoint, now: float) -> None:
-        self.core.receive(data, peer, local, now)
+        try:
+            self.core.receive(data, peer, local, now)
+        except Exception:
+            # A bug must cost one message, not the worker (house rule 6): count it, log it
+            # (rate-limited), and keep serving; the outbox still goes out below.
+            self._internal_error("receive", peer)
         self.flush()
 
     def transport_error(self, dest: Endpoint, now: float) -> None:
-        self.core.transport_error(dest, now)
+        try:
+            self.core.transport_error(dest, now)
+        except Exception:
+            self._internal_error("transport_error", dest)
         self.flush()
+
+    def _internal_error(self, where: str, endpoint: Endpoint) -> None:
+        self.internal_errors += 1
+        self._limited.log(logging.ERROR, f"internal:{where}",
+                          "internal error in core.%s (%s); message dropped", where, endpoint,
+                          exc_info=True)
 
     def kick(self) -> None:
         """Run due timers now (start-up probes) and flush."""
@@ -78,7 +96,12 @@ class CoreDriver:
     def _fire(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.core.handle_timer(self.loop.time())
+        try:
+            self.core.handle_timer(self.loop.time())
+        except Exception:
+            self.internal_errors += 1
+            self._limited.log(logging.ERROR, "internal:timer", "internal error in timers",
+                              exc_info=True)
         self.flush()
 
     def close(self) -> None:
