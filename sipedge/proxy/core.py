@@ -55,7 +55,7 @@ from sipedge.proxy.stats import ProxyStats
 from sipedge.proxy.validation import Reject, check_request, validate_response
 from sipedge.sip.address import Endpoint
 from sipedge.sip.errors import ParseError, SipError
-from sipedge.sip.headers import parse_name_addr, parse_via
+from sipedge.sip.headers import Via, parse_name_addr, parse_via
 from sipedge.sip.message import (
     ForwardPlan,
     Request,
@@ -298,6 +298,12 @@ class ProxyCore:
     def enable_gateway(self, gateway_id: str, now: float) -> None:
         """Return a drained gateway to probing."""
         self._events.extend(self.pool.enable(gateway_id, now))
+
+    def refresh_gauges(self) -> ProxyStats:
+        """The stats with the gauges set from the live tables (read at scrape time)."""
+        self.stats.server_transactions = len(self._contexts)
+        self.stats.client_transactions = len(self._branches) + len(self._probes)
+        return self.stats
 
     def is_ready(self) -> bool:
         """True when at least one gateway is UP (``/readyz``, local OPTIONS)."""
@@ -758,7 +764,7 @@ class ProxyCore:
             return
         upstream = parse_via(values[1])
         dest = self._via_dest(upstream)
-        if dest is None or not (self._is_party(peer.host) and self._is_party(dest.host)):
+        if not (self._is_party(peer.host) and self._is_party(dest.host)):
             # Only between the PBX and Twilio: a stranger's forged 2xx must not turn
             # sipedge into a reflector toward any address named in a Via.
             self.stats.stray_responses += 1
@@ -774,11 +780,8 @@ class ProxyCore:
             host, self.settings.inside_allow, self._gateway_hosts) is not Direction.UNKNOWN
 
     @staticmethod
-    def _via_dest(via: object) -> Endpoint | None:
-        from sipedge.sip.headers import Via
-
-        if not isinstance(via, Via):
-            return None
+    def _via_dest(via: Via) -> Endpoint:
+        """Where a response goes by its Via (RFC 3261 §18.2.2, RFC 3581 rport)."""
         transport = via.transport.decode("ascii", "replace").lower()
         host_b = via.received or via.host
         host = host_b.decode("ascii", "replace").strip("[]")

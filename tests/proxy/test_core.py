@@ -866,3 +866,13 @@ def test_bye_from_pbx_callee_routed_to_twilio(h: ProxyHarness) -> None:
                     from_=b"<sip:pbx@127.0.0.10>;tag=a", to_=b"<sip:x@y>;tag=b")
     out = h.feed(bye, CALLEE)
     assert [(s.dest, s.local) for s in calls(out, b"BYE")] == [(VIRGINIA[0], OUTSIDE)]
+
+
+def test_gauges_count_live_transactions(h: ProxyHarness) -> None:
+    _, fwd = place(h, 41)
+    stats = h.core.refresh_gauges()
+    assert stats.server_transactions == 1 and stats.client_transactions >= 1
+    h.feed(make_response(fwd, 486, b"Busy"), VIRGINIA[0])
+    h.advance(64 * 0.5 + 40)
+    stats = h.core.refresh_gauges()
+    assert stats.server_transactions == 0
