@@ -450,15 +450,21 @@ class ProxyCore:
         else:
             self._events.append(MessageDropped(peer, "source not allowed"))
 
-    def _server_key(self, req: Request) -> bytes:
-        """RFC 3261 §17.2.3 key: branch + sent-by + method (ACK and CANCEL map per RFC)."""
+    def _server_key(self, req: Request, *, of_invite: bool = False) -> bytes:
+        """RFC 3261 §17.2.3 key: branch + sent-by + method.
+
+        An ACK maps to its INVITE; ``of_invite`` gives the key of the INVITE a CANCEL
+        targets (§9.2: same branch, same sent-by).
+        """
         via = req.top_via
-        method = b"INVITE" if req.method == b"ACK" else req.method
+        to_invite = of_invite or req.method == b"ACK"
+        method = b"INVITE" if to_invite else req.method
         branch = via.branch or b""
         if branch.startswith(b"z9hG4bK"):
             return b"%s|%s:%d|%s" % (branch, via.host, via.port or 0, method)
         # RFC 2543 peer: no magic cookie; match on the dialog-ish fields instead (§17.2.3).
-        to_tag = b"" if req.method == b"ACK" else (req.to_tag or b"")
+        # The INVITE had no To tag yet, so its ACK and CANCEL match without theirs.
+        to_tag = b"" if to_invite else (req.to_tag or b"")
         return b"2543|%s|%s|%s|%s|%d|%s|%s" % (
             req.request_uri, to_tag, req.from_tag or b"", req.call_id, req.cseq.number,
             via.host, method)
@@ -673,15 +679,7 @@ class ProxyCore:
     def _on_cancel(self, req: Request, peer: Endpoint, local: Endpoint, now: float) -> None:
         """RFC 3261 §16.10: 200 hop-by-hop, CANCEL the pending branches, 487 upstream."""
         self.stats.cancels += 1
-        via = req.top_via
-        branch = via.branch or b""
-        if branch.startswith(b"z9hG4bK"):
-            invite_key = b"%s|%s:%d|INVITE" % (branch, via.host, via.port or 0)
-        else:
-            invite_key = b"2543|%s|%s|%s|%s|%d|%s|INVITE" % (
-                req.request_uri, b"", req.from_tag or b"", req.call_id, req.cseq.number,
-                via.host)
-        ctx = self._contexts.get(invite_key)
+        ctx = self._contexts.get(self._server_key(req, of_invite=True))
         if ctx is None:
             self._respond_stateless(req, peer, local, 481, b"Call/Transaction Does Not Exist", ())
             return
