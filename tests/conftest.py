@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.wire import FakeClock
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: ../shared/corpus relative to the repo root unless SIPEDGE_CORPUS says otherwise.
 CORPUS = Path(os.environ.get("SIPEDGE_CORPUS", REPO_ROOT.parent / "shared" / "corpus"))
@@ -42,20 +44,6 @@ def all_cases() -> list[CorpusCase]:
     if not CORPUS.is_dir():
         return []
     return [case for s in SETS for case in load_manifest(s)]
-
-
-class FakeClock:
-    """A monotonic clock the test advances by hand (``now`` is always a parameter)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -80,6 +80,9 @@ class FakeClock:
         self.now += seconds
         return self.now
 
+    def __call__(self) -> float:
+        return self.now
+
 
 # ---------------------------------------------------------------------------- SIP builders
 
