@@ -78,6 +78,9 @@ from sipedge.sip.transaction import (
     ServerTransaction,
     Terminated,
     TransportFailed,
+    client_key,
+    is_rfc3261_branch,
+    server_key,
 )
 from sipedge.sip.transaction import (
     TimedOut as TxTimedOut,
@@ -451,23 +454,20 @@ class ProxyCore:
             self._events.append(MessageDropped(peer, "source not allowed"))
 
     def _server_key(self, req: Request, *, of_invite: bool = False) -> bytes:
-        """RFC 3261 §17.2.3 key: branch + sent-by + method.
+        """RFC 3261 §17.2.3 key (``sip.transaction.server_key``, the one key format).
 
         An ACK maps to its INVITE; ``of_invite`` gives the key of the INVITE a CANCEL
         targets (§9.2: same branch, same sent-by).
         """
         via = req.top_via
-        to_invite = of_invite or req.method == b"ACK"
-        method = b"INVITE" if to_invite else req.method
-        branch = via.branch or b""
-        if branch.startswith(b"z9hG4bK"):
-            return b"%s|%s:%d|%s" % (branch, via.host, via.port or 0, method)
-        # RFC 2543 peer: no magic cookie; match on the dialog-ish fields instead (§17.2.3).
-        # The INVITE had no To tag yet, so its ACK and CANCEL match without theirs.
-        to_tag = b"" if to_invite else (req.to_tag or b"")
-        return b"2543|%s|%s|%s|%s|%d|%s|%s" % (
-            req.request_uri, to_tag, req.from_tag or b"", req.call_id, req.cseq.number,
-            via.host, method)
+        method = b"INVITE" if of_invite else req.method
+        branch = via.branch
+        if is_rfc3261_branch(branch):
+            return server_key(branch, via.sent_by, method)
+        # RFC 2543 peer: no magic cookie; match on the dialog-ish fields instead.
+        return server_key(branch, via.sent_by, method, request_uri=req.request_uri,
+                          to_tag=req.to_tag, from_tag=req.from_tag, call_id=req.call_id,
+                          cseq=req.cseq.number, top_via=req.header_values(b"via")[0])
 
     def _new_tag(self) -> bytes:
         return b"se%08x" % next(self._tag_counter)
@@ -655,7 +655,7 @@ class ProxyCore:
                            record_route=record_route, pop_routes=popped,
                            received=received, rport=rport)
         data = forward_request(req, plan)
-        key = branch + b"|" + (b"INVITE" if req.method == b"INVITE" else req.method)
+        key = client_key(branch, req.method)
         tx = ClientTransaction(key, data, invite=req.method == b"INVITE",
                                reliable=dest.is_reliable, timers=self.settings.timers, now=now)
         branch_state = _Branch(key, ctx, tx, data, dest, local, gateway, now)
@@ -709,7 +709,7 @@ class ProxyCore:
             data = build_cancel(parse(branch.request))  # type: ignore[arg-type]
         except SipError:
             return
-        key = branch.key.rsplit(b"|", 1)[0] + b"|CANCEL"
+        key = client_key(branch.key.rpartition(b" ")[0], b"CANCEL")
         tx = ClientTransaction(key, data, invite=False, reliable=branch.dest.is_reliable,
                                timers=self.settings.timers, now=now)
         cancel = _Branch(key, branch.ctx, tx, data, branch.dest, branch.local, None, now,
@@ -722,7 +722,7 @@ class ProxyCore:
     def _on_response(self, resp: Response, peer: Endpoint, now: float) -> None:
         via = resp.top_via
         method = resp.cseq.method
-        key = (via.branch or b"") + b"|" + method
+        key = client_key(via.branch or b"", method)
         branch = self._branches.get(key)
         if branch is None:
             probe = self._probes.get(key)
@@ -1002,7 +1002,7 @@ class ProxyCore:
         local = self.listeners.egress(outside=True, transport=gateway.endpoint.transport)
         n = next(self._probe_counter)
         data, branch = build_probe(gateway, local, n, instance=self.instance)[:2]
-        key = branch + b"|OPTIONS"
+        key = client_key(branch, b"OPTIONS")
         tx = ClientTransaction(key, data, invite=False, reliable=gateway.endpoint.is_reliable,
                                timers=self.settings.timers, now=now)
         probe = _Probe(gateway, tx, now, now + self.settings.probe_timeout_s)
@@ -1032,7 +1032,7 @@ class ProxyCore:
 
     def _probe_replied(self, probe: _Probe, resp: Response, now: float) -> None:
         if resp.status < 200:
-            self._probes[(resp.top_via.branch or b"") + b"|OPTIONS"] = probe
+            self._probes[client_key(resp.top_via.branch or b"", b"OPTIONS")] = probe
             return
         retry_after = _retry_after(resp) if resp.status == 503 else None
         self._probe_result(probe.gateway, Replied(resp.status, now - probe.sent_at, retry_after),

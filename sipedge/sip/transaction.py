@@ -26,7 +26,7 @@ work around it. It never touches a socket or a clock and never parses a message:
   timers D, I, J, K are zero (RFC 3261 Table 4): a zero-length timer fires within the same
   call, so the caller sees ``Terminated()`` at once instead of a deadline at ``now``.
 - Entering TERMINATED always cancels every timer and emits ``Terminated()``: the caller then
-  drops the transaction from its table (:class:`TransactionTable` does that by itself).
+  drops the transaction from its table (the proxy core keeps the table and one timer heap).
 
 Four machines, one table each (rendered in ``docs/transactions.md``):
 
@@ -37,17 +37,17 @@ Four machines, one table each (rendered in ``docs/transactions.md``):
 
 Matching a message to its transaction uses :func:`client_key` (§17.1.3) and
 :func:`server_key` (§17.2.3); both are pure functions over header bytes the caller already
-extracted, so this module does not depend on the message parser.
+extracted, so this module does not depend on the message parser. They are the one key
+format: the proxy core matches requests and responses through them.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
-from typing import Final, Generic, TypeVar
+from typing import Final
 
 from .timers import TimerName, Timers
 
@@ -72,7 +72,6 @@ __all__ = [
     "Terminated",
     "TimedOut",
     "Transaction",
-    "TransactionTable",
     "TransportFailed",
     "client_key",
     "is_rfc3261_branch",
@@ -913,122 +912,3 @@ def server_key(
     return b" ".join(
         (b"2543", request_uri, from_tag or b"", to, call_id, b"%d" % cseq, method, top_via)
     )
-
-
-# ── the table of live transactions ──────────────────────────────────────────────────────
-
-TxT = TypeVar("TxT", bound=Transaction)
-
-
-class TransactionTable(Generic[TxT]):
-    """Live transactions by key, with the earliest deadline across all of them.
-
-    Deadlines sit in a binary heap of ``(deadline, seq, key)``. A transaction whose deadline
-    changes gets a fresh entry; the old one stays in the heap and is skipped when it
-    surfaces (lazy invalidation: ``seq`` must equal the one recorded for the key). The heap
-    is rebuilt when stale entries outnumber live ones, so memory stays O(live).
-
-    Contract: after feeding a transaction any input *outside* :meth:`handle_timer`, call
-    :meth:`update` so its new deadline (or its termination) is recorded.
-    """
-
-    __slots__ = ("_armed", "_by_key", "_heap", "_seq")
-
-    def __init__(self) -> None:
-        self._by_key: dict[bytes, TxT] = {}
-        self._heap: list[tuple[float, int, bytes]] = []
-        # key → (deadline, seq) of its one live heap entry.
-        self._armed: dict[bytes, tuple[float, int]] = {}
-        self._seq = 0
-
-    def __len__(self) -> int:
-        return len(self._by_key)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._by_key
-
-    def __iter__(self) -> Iterator[TxT]:
-        return iter(list(self._by_key.values()))
-
-    def get(self, key: bytes) -> TxT | None:
-        """The transaction with ``key``, or None."""
-        return self._by_key.get(key)
-
-    def add(self, tx: TxT) -> None:
-        """Insert a new transaction and schedule its deadline.
-
-        Raises:
-            ValueError: a transaction with the same key is already in the table.
-        """
-        if tx.key in self._by_key:
-            raise ValueError(f"duplicate transaction key {tx.key!r}")
-        self._by_key[tx.key] = tx
-        self.update(tx)
-
-    def remove(self, key: bytes) -> TxT | None:
-        """Drop the transaction with ``key`` (its heap entry goes stale); return it."""
-        self._armed.pop(key, None)
-        return self._by_key.pop(key, None)
-
-    def update(self, tx: TxT) -> None:
-        """Record ``tx``'s current deadline; drop it if it is terminated."""
-        key = tx.key
-        if tx.is_terminated:
-            self.remove(key)
-            return
-        deadline = tx.next_deadline()
-        armed = self._armed.get(key)
-        if deadline is None:
-            if armed is not None:
-                del self._armed[key]
-            return
-        if armed is not None and armed[0] == deadline:
-            return
-        self._seq += 1
-        self._armed[key] = (deadline, self._seq)
-        heapq.heappush(self._heap, (deadline, self._seq, key))
-        if len(self._heap) > 64 and len(self._heap) > 2 * len(self._armed):
-            self._compact()
-
-    def next_deadline(self) -> float | None:
-        """The earliest deadline of any transaction in the table, or None."""
-        heap, armed = self._heap, self._armed
-        while heap:
-            deadline, seq, key = heap[0]
-            live = armed.get(key)
-            if live is not None and live[1] == seq:
-                return deadline
-            heapq.heappop(heap)
-        return None
-
-    def handle_timer(self, now: float) -> list[tuple[TxT, list[Action]]]:
-        """Fire the timers of every transaction due at ``now``.
-
-        Terminated transactions are removed from the table.
-
-        Args:
-            now: the current time.
-
-        Returns:
-            ``(transaction, actions)`` for each transaction that produced actions, in
-            deadline order.
-        """
-        heap, armed = self._heap, self._armed
-        results: list[tuple[TxT, list[Action]]] = []
-        while heap and heap[0][0] <= now:
-            _, seq, key = heapq.heappop(heap)
-            live = armed.get(key)
-            if live is None or live[1] != seq:
-                continue  # stale entry
-            del armed[key]
-            tx = self._by_key[key]
-            actions = tx.handle_timer(now)
-            # Re-armed timers are always later than now, so this loop ends.
-            self.update(tx)
-            if actions:
-                results.append((tx, actions))
-        return results
-
-    def _compact(self) -> None:
-        self._heap = [(d, seq, key) for key, (d, seq) in self._armed.items()]
-        heapq.heapify(self._heap)

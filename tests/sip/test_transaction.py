@@ -8,7 +8,7 @@ Three layers of tests:
    change), including the ones the typed API can produce.
 2. Scenarios read straight off the RFC: retransmission schedules, timeouts at 64*T1,
    reliable transports, ACK re-sending, RFC 6026 ACCEPTED.
-3. Keys and the TransactionTable.
+3. Keys.
 
 ``python tests/sip/test_transaction.py --write`` regenerates the tables in
 ``docs/transactions.md``; ``test_docs_render_every_table`` keeps them in sync.
@@ -43,7 +43,6 @@ from sipedge.sip.transaction import (
     Terminated,
     TimedOut,
     Transaction,
-    TransactionTable,
     TransportFailed,
     client_key,
     is_rfc3261_branch,
@@ -622,144 +621,6 @@ def test_client_key() -> None:
     # §9.1: the CANCEL reuses the INVITE's branch; the method keeps them apart.
     assert client_key(b"z9hG4bKabc", b"CANCEL") != k
     assert client_key(b"z9hG4bKabd", b"INVITE") != k
-
-
-# ── 3. TransactionTable ─────────────────────────────────────────────────────────────────
-
-
-def make_client(key: bytes, now: float, *, invite: bool = False) -> ClientTransaction:
-    tx = ClientTransaction(key, REQ, invite=invite, reliable=False, timers=TIMERS, now=now)
-    tx.start()
-    return tx
-
-
-def test_table_tracks_earliest_deadline_across_transactions() -> None:
-    table: TransactionTable[ClientTransaction] = TransactionTable()
-    assert table.next_deadline() is None and len(table) == 0
-    a, b = make_client(b"a", 10.0), make_client(b"b", 5.0)
-    table.add(a)
-    table.add(b)
-    assert len(table) == 2 and b"a" in table and table.get(b"b") is b
-    assert table.get(b"zz") is None and b"zz" not in table
-    assert table.next_deadline() == 5.5
-    assert set(table) == {a, b}
-
-
-def test_table_handle_timer_fires_only_due_transactions() -> None:
-    table: TransactionTable[ClientTransaction] = TransactionTable()
-    a, b = make_client(b"a", 10.0), make_client(b"b", 5.0)
-    table.add(a)
-    table.add(b)
-    assert table.handle_timer(5.4) == []
-    assert table.handle_timer(5.5) == [(b, [SendRequest(REQ)])]
-    assert table.next_deadline() == 6.5  # b's next E (interval 1 s)
-    assert table.handle_timer(10.5) == [(b, [SendRequest(REQ)]), (a, [SendRequest(REQ)])]
-
-
-def test_table_removes_terminated_transactions() -> None:
-    table: TransactionTable[ClientTransaction] = TransactionTable()
-    a = make_client(b"a", 0.0)
-    table.add(a)
-    fired = table.handle_timer(32.0)
-    assert fired == [(a, [SendRequest(REQ), TimedOut("F"), Terminated()])]
-    assert len(table) == 0 and table.next_deadline() is None
-
-
-def test_table_update_after_an_input_reschedules_and_skips_stale_entries() -> None:
-    table: TransactionTable[ClientTransaction] = TransactionTable()
-    a, b = make_client(b"a", 0.0), make_client(b"b", 1.0)
-    table.add(a)
-    table.add(b)
-    # a gets a final: its E/F deadlines (0.5, 32) give way to Timer K at 0.2 + 5.
-    assert a.receive_response(200, 0.2) == [PassResponse(200)]
-    table.update(a)
-    assert table.next_deadline() == 1.5  # b's E; a's stale 0.5 entry is skipped
-    table.update(a)  # idempotent
-    assert table.handle_timer(2.0) == [(b, [SendRequest(REQ)])]  # b's E at 1.5
-    # A late wake-up: b's E (due 3.0) fires once, re-armed from now; a's Timer K ends a.
-    assert table.handle_timer(5.2) == [(b, [SendRequest(REQ)]), (a, [Terminated()])]
-    assert table.next_deadline() == 5.2 + 2.0
-    assert b"a" not in table and len(table) == 1
-
-
-def test_table_update_drops_a_transaction_terminated_outside_handle_timer() -> None:
-    table: TransactionTable[ClientTransaction] = TransactionTable()
-    a = make_client(b"a", 0.0)
-    table.add(a)
-    assert a.transport_error(0.1) == [TransportFailed(), Terminated()]
-    table.update(a)
-    assert len(table) == 0 and table.next_deadline() is None
-
-
-def test_table_server_transaction_without_deadline() -> None:
-    table: TransactionTable[ServerTransaction] = TransactionTable()
-    s = new_server()
-    table.add(s)
-    assert table.next_deadline() is None and len(table) == 1
-    s.send_response(486, resp(486), T0)
-    table.update(s)
-    assert table.next_deadline() == T0 + 0.5
-    s.receive_request(T0 + 0.1, ack=True)
-    table.update(s)
-    assert table.next_deadline() == T0 + 0.1 + 5.0
-    assert table.remove(b"k") is s and table.remove(b"k") is None
-    assert table.next_deadline() is None
-
-
-def test_table_rejects_duplicate_keys() -> None:
-    table: TransactionTable[ClientTransaction] = TransactionTable()
-    table.add(make_client(b"a", 0.0))
-    with pytest.raises(ValueError):
-        table.add(make_client(b"a", 0.0))
-
-
-def test_table_heap_stays_bounded_under_churn() -> None:
-    table: TransactionTable[ServerTransaction] = TransactionTable()
-    txs = [
-        ServerTransaction(b"%d" % i, REQ, invite=True, reliable=False, timers=TIMERS, now=0.0)
-        for i in range(100)
-    ]
-    for tx in txs:
-        table.add(tx)
-        tx.send_response(100, resp(100), 0.0)
-        table.update(tx)  # no deadline yet
-    for i, tx in enumerate(txs):
-        tx.send_response(486, resp(486), i / 100)  # G at +0.5, H at +32
-        table.update(tx)
-        tx.receive_request(i / 100 + 0.1, ack=True)  # I at +5 (re-schedules: stale entry)
-        table.update(tx)
-    assert len(table._heap) <= 2 * len(table) + 64
-    assert table.next_deadline() == pytest.approx(5.1)
-    fired = table.handle_timer(100.0)
-    assert len(fired) == 100 and all(actions == [Terminated()] for _, actions in fired)
-    assert len(table) == 0 and table.next_deadline() is None
-
-
-def test_table_scales_to_many_transactions() -> None:
-    table: TransactionTable[ClientTransaction] = TransactionTable()
-    n = 20_000
-    for i in range(n):
-        table.add(make_client(b"z9hG4bK%d NOTIFY" % i, i * 1e-4))
-    assert table.next_deadline() == 0.5
-    fired = table.handle_timer(1.0)
-    assert len(fired) == 5001  # created at 0 .. 0.5 s: first Timer E due by 1.0
-    assert len(table) == n
-
-
-def test_mixed_table_of_client_and_server_transactions() -> None:
-    table: TransactionTable[Transaction] = TransactionTable()
-    c = make_client(client_key(b"z9hG4bK1", b"INVITE"), 0.0, invite=True)
-    s = ServerTransaction(
-        server_key(b"z9hG4bK1", b"h", b"INVITE"),
-        REQ,
-        invite=True,
-        reliable=True,
-        timers=TIMERS,
-        now=0.0,
-    )
-    table.add(c)
-    table.add(s)
-    assert len(table) == 2 and table.next_deadline() == 0.5
 
 
 # ── docs: the tables rendered ───────────────────────────────────────────────────────────
