@@ -7,6 +7,7 @@ does I/O or reads a clock; the proxy core drives it with ``now``.
 
 from sipedge.gateway.health import (
     TRANSITIONS,
+    ChangeReason,
     GatewayStateChanged,
     Health,
     HealthPolicy,
@@ -37,6 +38,7 @@ __all__ = [
     "KEEPALIVE_PING",
     "KEEPALIVE_PONG",
     "TRANSITIONS",
+    "ChangeReason",
     "Gateway",
     "GatewayPool",
     "GatewayStateChanged",

@@ -53,6 +53,7 @@ from types import MappingProxyType
 
 __all__ = [
     "TRANSITIONS",
+    "ChangeReason",
     "GatewayStateChanged",
     "Health",
     "HealthPolicy",
@@ -92,6 +93,20 @@ class Signal(enum.Enum):
     OVERLOAD = "overload"  # 503 with Retry-After (probe or call): hold down
     DRAIN = "drain"  # operator: take out of service
     ENABLE = "enable"  # operator: back into service (re-proven from PROBING)
+
+
+class ChangeReason(enum.Enum):
+    """Why a gateway changed state, as a metric label (the text ``reason`` is for humans)."""
+
+    __hash__ = object.__hash__
+
+    PROBE_SUCCESS = "probe_success"  # up_after healthy probe replies
+    PROBE_FAILURE = "probe_failure"  # down_after failed probes
+    CALL_SUCCESS = "call_success"  # answers on calls proved it alive
+    CALL_FAILURE = "call_failure"  # down_after failed call attempts
+    RETRY_AFTER = "retry_after"  # a 503 with Retry-After (probe or call): held down
+    ADMIN_DRAIN = "admin_drain"
+    ADMIN_ENABLE = "admin_enable"
 
 
 class Streak(enum.Enum):
@@ -254,12 +269,14 @@ class Observation:
             from it ("3 consecutive probe timeouts").
         detail: optional extra text for the reason (a send error, the call's final code).
         retry_after_s: the Retry-After of an OVERLOAD, seconds.
+        from_call: the fact came from a call attempt, not a probe (for ``ChangeReason``).
     """
 
     signal: Signal
     label: str
     detail: str = ""
     retry_after_s: float | None = None
+    from_call: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +317,7 @@ class GatewayStateChanged:
         new: the state entered.
         reason: why, for the log line and the admin API.
         now: when.
+        cause: why, as a typed value (metrics count state changes by it).
     """
 
     gateway_id: str
@@ -307,6 +325,7 @@ class GatewayStateChanged:
     new: Health
     reason: str
     now: float
+    cause: ChangeReason
 
 
 def call_observation(
@@ -324,14 +343,29 @@ def call_observation(
         SUCCESS, FAILURE or, for a 503 with Retry-After, OVERLOAD.
     """
     if ok:
-        return Observation(Signal.SUCCESS, "call success", detail) if detail else _CALL_SUCCESS
+        if detail:
+            return Observation(Signal.SUCCESS, "call success", detail, from_call=True)
+        return _CALL_SUCCESS
     if retry_after_s is not None:
-        return Observation(Signal.OVERLOAD, "call 503 Retry-After", detail, retry_after_s)
-    return Observation(Signal.FAILURE, "call failure", detail)
+        return Observation(Signal.OVERLOAD, "call 503 Retry-After", detail, retry_after_s,
+                           from_call=True)
+    return Observation(Signal.FAILURE, "call failure", detail, from_call=True)
 
 
 # A value like any other: shared, since every answered call reports one (twice).
-_CALL_SUCCESS = Observation(Signal.SUCCESS, "call success")
+_CALL_SUCCESS = Observation(Signal.SUCCESS, "call success", from_call=True)
+
+
+def _cause(obs: Observation) -> ChangeReason:
+    """The typed reason of a state change caused by ``obs``."""
+    signal = obs.signal
+    if signal is Signal.SUCCESS:
+        return ChangeReason.CALL_SUCCESS if obs.from_call else ChangeReason.PROBE_SUCCESS
+    if signal is Signal.FAILURE:
+        return ChangeReason.CALL_FAILURE if obs.from_call else ChangeReason.PROBE_FAILURE
+    if signal is Signal.OVERLOAD:
+        return ChangeReason.RETRY_AFTER
+    return ChangeReason.ADMIN_DRAIN if signal is Signal.DRAIN else ChangeReason.ADMIN_ENABLE
 
 
 def _plural(label: str) -> str:
@@ -432,4 +466,5 @@ def next_state(
         reason=reason,
         held_until=held_until if held_until is not None and now < held_until else None,
     )
-    return nxt, GatewayStateChanged(gateway_id, record.state, rule.target, reason, now)
+    return nxt, GatewayStateChanged(gateway_id, record.state, rule.target, reason, now,
+                                    _cause(obs))

@@ -32,10 +32,11 @@ The pool is not thread-safe and needs no lock: the core runs on one event loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from sipedge.gateway.health import (
+    ChangeReason,
     GatewayStateChanged,
     Health,
     HealthPolicy,
@@ -112,6 +113,7 @@ class GatewayStatus:
         probe_failures: of those, failures (timeouts, send failures, unhealthy codes, 503s).
         call_failures: per-call failures reported by the core.
         state_changes: state changes of this gateway.
+        changes_by_reason: the same, by typed reason (only reasons seen).
     """
 
     id: str
@@ -129,6 +131,7 @@ class GatewayStatus:
     probe_failures: int
     call_failures: int
     state_changes: int
+    changes_by_reason: Mapping[ChangeReason, int] = field(default_factory=dict)
 
 
 class _Slot:
@@ -136,6 +139,7 @@ class _Slot:
 
     __slots__ = (
         "call_failures",
+        "changes_by_reason",
         "gateway",
         "last_code",
         "last_rtt_s",
@@ -156,6 +160,7 @@ class _Slot:
         self.probe_failures = 0
         self.call_failures = 0
         self.state_changes = 0
+        self.changes_by_reason: dict[ChangeReason, int] = {}
 
     def offerable(self, now: float) -> bool:
         return self.record.state in _TIERS and not self.record.is_held(now)
@@ -252,6 +257,7 @@ class GatewayPool:
                 probe_failures=s.probe_failures,
                 call_failures=s.call_failures,
                 state_changes=s.state_changes,
+                changes_by_reason=dict(s.changes_by_reason),
             )
             for group in self._groups
             for s in group
@@ -388,6 +394,8 @@ class GatewayPool:
         if event is None:
             return []
         slot.state_changes += 1
+        by_reason = slot.changes_by_reason
+        by_reason[event.cause] = by_reason.get(event.cause, 0) + 1
         return [event]
 
     # -- reload ------------------------------------------------------------------------------
@@ -413,4 +421,5 @@ class GatewayPool:
             slot.last_code, slot.last_rtt_s = old.last_code, old.last_rtt_s
             slot.probes, slot.probe_failures = old.probes, old.probe_failures
             slot.call_failures, slot.state_changes = old.call_failures, old.state_changes
+            slot.changes_by_reason = old.changes_by_reason
         return new

@@ -9,6 +9,7 @@ import pytest
 
 from sipedge.gateway.health import (
     TRANSITIONS,
+    ChangeReason,
     GatewayStateChanged,
     Health,
     HealthPolicy,
@@ -84,7 +85,7 @@ def test_every_transition_one_step(state: Health, signal: Signal) -> None:
         assert ev is None  # edge-triggered: no event without a change
         assert nxt.since == 0.0
     else:
-        assert ev == GatewayStateChanged(GW, state, expected, nxt.reason, 10.0)
+        assert ev == GatewayStateChanged(GW, state, expected, nxt.reason, 10.0, ev.cause)
         assert nxt.since == 10.0 and nxt.successes == 0 and nxt.failures == 0
 
 
@@ -98,7 +99,8 @@ def test_up_goes_down_after_down_after_consecutive_failures() -> None:
     assert rec.state is U and rec.failures == 2 and events == []
     rec, ev = next_state(GW, rec, TIMEOUT, 5.0, DEFAULT)
     assert rec.state is D
-    assert ev == GatewayStateChanged(GW, U, D, "3 consecutive probe timeouts", 5.0)
+    assert ev == GatewayStateChanged(GW, U, D, "3 consecutive probe timeouts", 5.0,
+                               ChangeReason.PROBE_FAILURE)
 
 
 def test_down_comes_up_after_up_after_consecutive_successes() -> None:
@@ -106,7 +108,8 @@ def test_down_comes_up_after_up_after_consecutive_successes() -> None:
     rec, events = feed(rec, OK, 1, 0.0)
     assert rec.state is D and events == []
     rec, ev = next_state(GW, rec, OK, 9.0, DEFAULT)
-    assert ev == GatewayStateChanged(GW, D, U, "2 consecutive 200 replies", 9.0)
+    assert ev == GatewayStateChanged(GW, D, U, "2 consecutive 200 replies", 9.0,
+                               ChangeReason.PROBE_SUCCESS)
 
 
 @pytest.mark.parametrize(("obs", "n", "target"), [(OK, 2, U), (TIMEOUT, 3, D)])
@@ -202,7 +205,8 @@ def test_call_observation_kinds() -> None:
 def test_retry_after_marks_down_immediately(start: Health) -> None:
     rec, ev = next_state(GW, HealthRecord(state=start), overload(30), 100.0, DEFAULT)
     assert rec.state is D and rec.held_until == 130.0
-    assert ev == GatewayStateChanged(GW, start, D, "503 Retry-After 30s", 100.0)
+    assert ev == GatewayStateChanged(GW, start, D, "503 Retry-After 30s", 100.0,
+                               ChangeReason.RETRY_AFTER)
 
 
 def test_retry_after_hold_blocks_recovery_until_it_ends() -> None:
@@ -255,7 +259,7 @@ def test_retry_after_breaks_recovery_in_progress() -> None:
 def test_drain_wins_from_any_state(start: Health) -> None:
     rec, ev = next_state(GW, HealthRecord(state=start), DRAIN, 1.0, DEFAULT)
     assert rec.state is A
-    assert ev == GatewayStateChanged(GW, start, A, "admin drain", 1.0)
+    assert ev == GatewayStateChanged(GW, start, A, "admin drain", 1.0, ChangeReason.ADMIN_DRAIN)
 
 
 def test_admin_down_beats_probes() -> None:
@@ -268,7 +272,7 @@ def test_admin_down_beats_probes() -> None:
 def test_enable_returns_to_probing_then_reproven() -> None:
     rec, _ = next_state(GW, HealthRecord(state=U), DRAIN, 0.0, DEFAULT)
     rec, ev = next_state(GW, rec, ENABLE, 10.0, DEFAULT)
-    assert ev == GatewayStateChanged(GW, A, P, "admin enable", 10.0)
+    assert ev == GatewayStateChanged(GW, A, P, "admin enable", 10.0, ChangeReason.ADMIN_ENABLE)
     rec, events = feed(rec, OK, 2, 11.0)
     assert rec.state is U and len(events) == 1
 
