@@ -19,18 +19,11 @@ from collections.abc import Mapping
 
 from sipedge.admin import AdminServer
 from sipedge.config import Config, GatewayConfig
-from sipedge.gateway.health import GatewayStateChanged, HealthPolicy, ReplyCodes
+from sipedge.eventlog import EventLogger
+from sipedge.gateway.health import HealthPolicy, ReplyCodes
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
-from sipedge.logs import RateLimitedLogger
 from sipedge.proxy.core import ProxyCore
-from sipedge.proxy.events import (
-    CallFailedOver,
-    DeprecatedParameterSeen,
-    Event,
-    MessageDropped,
-    RequestRejected,
-)
 from sipedge.proxy.settings import ProxySettings, RejectUnknown
 from sipedge.sip.address import Endpoint
 from sipedge.transport import TlsSettings, Transports
@@ -149,32 +142,6 @@ def build_core(config: Config, now: float,
     core.start(now)
     core.schedule.sync(probed_ids(pool), now)
     return core
-
-
-class EventLogger:
-    """Turns core events into log lines (edge-triggered, rate-limited for floods)."""
-
-    def __init__(self) -> None:
-        self.limited = RateLimitedLogger(logging.getLogger("sipedge.events"))
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, GatewayStateChanged):
-            log.warning("gateway %s %s -> %s: %s", event.gateway_id, event.old.name,
-                        event.new.name, event.reason)
-        elif isinstance(event, CallFailedOver):
-            self.limited.log(logging.WARNING, f"failover:{event.gateway_id}",
-                             "call %s failed on %s (%s); next: %s", event.call_id,
-                             event.gateway_id, event.reason, event.next_gateway_id or "none")
-        elif isinstance(event, RequestRejected):
-            self.limited.log(logging.INFO, f"rejected:{event.status}",
-                             "answered %d to %s: %s", event.status, event.peer, event.reason)
-        elif isinstance(event, MessageDropped):
-            self.limited.log(logging.INFO, f"dropped:{event.reason[:24]}",
-                             "dropped message from %s: %s", event.peer, event.reason)
-        elif isinstance(event, DeprecatedParameterSeen):
-            self.limited.log(logging.WARNING, "tnx",
-                             "request from %s uses the deprecated tnx=%s URI parameter; "
-                             "use edge= instead", event.peer, event.value)
 
 
 def _sni_map(pool: GatewayPool) -> dict[Endpoint, str]:

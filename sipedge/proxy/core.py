@@ -35,9 +35,15 @@ from sipedge.gateway.health import Health
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule, Replied, SendFailed, TimedOut, build_probe
 from sipedge.proxy.events import (
+    CallAnswered,
+    CallEnded,
+    CallFailed,
     CallFailedOver,
+    CallStarted,
     DeprecatedParameterSeen,
+    DropReason,
     Event,
+    FailoverReason,
     MessageDropped,
     RequestRejected,
 )
@@ -51,7 +57,13 @@ from sipedge.proxy.rewrite import (
 )
 from sipedge.proxy.routing import Direction, Listeners, classify_source, uri_endpoint
 from sipedge.proxy.settings import ProxySettings, RejectUnknown
-from sipedge.proxy.stats import ProxyStats
+from sipedge.proxy.stats import (
+    ANSWER_BUCKETS_S,
+    PDD_BUCKETS_S,
+    RTT_BUCKETS_S,
+    ProxyStats,
+    histogram,
+)
 from sipedge.proxy.validation import Reject, check_request, validate_response
 from sipedge.sip.address import Endpoint
 from sipedge.sip.errors import ParseError, SipError
@@ -95,6 +107,15 @@ log = logging.getLogger(__name__)
 _RECORD_ROUTE_METHODS = frozenset({b"INVITE", b"SUBSCRIBE", b"REFER", b"NOTIFY"})
 _EDGE_PARAMS = (b"edge", b"tnx")
 _TO_TAG_LEN = 10
+_DIRECTION_NAME = {Direction.OUTBOUND: "outbound", Direction.INBOUND: "inbound",
+                   Direction.UNKNOWN: "unknown"}
+
+#: An answered call with no in-dialog request for this long is forgotten (its BYE was
+#: lost, or it went another way): the calls-in-progress table stays bounded. Four hours
+#: outlasts any sane call without a session refresh (RFC 4028 refreshes every 30 min).
+CALL_IDLE_TIMEOUT_S = 4 * 3600.0
+#: How often the table of answered calls is swept for idle ones.
+CALL_SWEEP_INTERVAL_S = 60.0
 
 
 class Send(NamedTuple):
@@ -149,6 +170,14 @@ class _Context:
     done: bool = False  # a final response went upstream
     cancelled: bool = False
     to_tag: bytes = b""
+    # Call accounting (initial INVITEs only): metrics, call log lines, drain.
+    is_call: bool = False
+    counted: bool = False  # calls_started counted
+    call_done: bool = False  # answered or failed: counted once
+    rang: bool = False  # first 18x seen (post-dial delay measured)
+    started_at: float = 0.0
+    edge: str = ""  # edge of the current attempt (outbound) or of the source (inbound)
+    decided_by: Gateway | None = None  # the gateway whose final answer went upstream
 
 
 @dataclass(slots=True)
@@ -198,7 +227,14 @@ class ProxyCore:
         self.stats = ProxyStats()
         self.listeners = Listeners(settings.inside, settings.outside)
         self._gateway_hosts = frozenset(g.endpoint.host for g in pool.gateways())
+        self._gateway_edges = {g.endpoint.host: g.edge for g in pool.gateways()}
         self._direction_cache: dict[str, Direction] = {}
+        #: Answered calls by Call-ID → last in-dialog activity (RFC 3261 dialog-lite:
+        #: from the 2xx of the initial INVITE to the final response of its BYE).
+        self._calls: dict[bytes, float] = {}
+        self._sweep_armed = False
+        #: SIGTERM / POST /drain: new initial INVITEs get 503, in-dialog traffic flows.
+        self.draining = False
         self._outbox: list[Send] = []
         self._events: list[Event] = []
         self._contexts: dict[bytes, _Context] = {}
@@ -241,7 +277,7 @@ class ProxyCore:
         """Handle one message that arrived from ``peer`` on listener ``local``."""
         if len(data) > self.settings.max_message_bytes:
             self.stats.parse_errors += 1
-            self._events.append(MessageDropped(peer, "message too large"))
+            self._drop(peer, DropReason.TOO_LARGE)
             return
         try:
             msg = parse(data)
@@ -289,6 +325,8 @@ class ProxyCore:
                 probe = self._probes.get(key)
                 if probe is not None:
                     self._probe_timer(key, probe, now)
+            elif kind == b"i":
+                self._sweep_calls(now)
         for gateway_id in self.schedule.due(now):
             self._send_probe(gateway_id, now)
 
@@ -304,9 +342,39 @@ class ProxyCore:
 
     def refresh_gauges(self) -> ProxyStats:
         """The stats with the gauges set from the live tables (read at scrape time)."""
-        self.stats.server_transactions = len(self._contexts)
-        self.stats.client_transactions = len(self._branches) + len(self._probes)
-        return self.stats
+        stats = self.stats
+        stats.server_transactions = len(self._contexts)
+        stats.client_transactions = len(self._branches) + len(self._probes)
+        stats.calls_in_progress = len(self._calls)
+        stats.calls_setting_up = sum(
+            1 for c in self._contexts.values() if c.is_call and not c.done)
+        return stats
+
+    def set_draining(self, draining: bool) -> None:
+        """Refuse (True) or accept again (False) new calls; in-dialog requests always flow.
+
+        While draining, a new initial INVITE is answered 503 with Retry-After (RFC 3261
+        §21.5.4: the PBX tries its next destination, e.g. the other sipedge of a pair) and
+        an OPTIONS to sipedge itself is answered 503, so health checks move traffic away.
+        """
+        self.draining = draining
+
+    @property
+    def calls_in_progress(self) -> int:
+        """Answered calls whose BYE has not had its final response yet."""
+        return len(self._calls)
+
+    def pending_requests(self) -> int:
+        """Requests still waiting for their final answer (wait states not counted)."""
+        return sum(1 for c in self._contexts.values() if not c.done)
+
+    def is_quiescent(self) -> bool:
+        """True when no call is in progress and every request has its final answer.
+
+        A drain ends here: what is left (RFC 3261 wait states, Timer K/J/I) only absorbs
+        retransmissions, which the peers no longer need once they have their answers.
+        """
+        return not self._calls and self.pending_requests() == 0
 
     def is_ready(self) -> bool:
         """True when at least one gateway is UP (``/readyz``, local OPTIONS)."""
@@ -328,6 +396,7 @@ class ProxyCore:
         """
         self.pool = self.pool.replace(pool)
         self._gateway_hosts = frozenset(g.endpoint.host for g in pool.gateways())
+        self._gateway_edges = {g.endpoint.host: g.edge for g in pool.gateways()}
         self._direction_cache.clear()  # classifications depended on the old gateway hosts
         for key, probe in list(self._probes.items()):
             if probe.gateway.id not in pool or pool.gateway(probe.gateway.id) != probe.gateway:
@@ -341,13 +410,15 @@ class ProxyCore:
                       msg: Request | Response | None = None) -> None:
         self.stats.parse_errors += 1
         if exc.status is None or isinstance(msg, Response) or data.startswith(b"SIP/"):
-            self._events.append(MessageDropped(peer, f"unparseable: {exc.reason}"))
+            self.stats.count_parse_error(None)
+            self._drop(peer, DropReason.UNPARSEABLE, exc.reason)
             return
+        self.stats.count_parse_error(exc.status)
         if (self.settings.reject_unknown is RejectUnknown.DROP
                 and self._direction(peer.host) is Direction.UNKNOWN):
             # A stranger's garbage is dropped like its valid requests: scanners learn nothing.
             self.stats.unknown_source_dropped += 1
-            self._events.append(MessageDropped(peer, "source not allowed"))
+            self._drop(peer, DropReason.SOURCE_NOT_ALLOWED)
             return
         reply: bytes | None = None
         dest = peer
@@ -364,17 +435,19 @@ class ProxyCore:
             reply = answer_parse_error(data, exc, to_tag=self._new_tag())
         if reply is not None:
             self.stats.parse_errors_answered += 1
+            self.stats.count_local_reply(exc.status)
             self._outbox.append(Send(reply, dest, local))
             self._events.append(RequestRejected(peer, exc.status, exc.reason))
             return
         # Without the mandatory headers no answer can be built (RFC 3261 §8.2.6 copies them).
-        self._events.append(MessageDropped(peer, f"unanswerable ({exc.status}): {exc.reason}"))
+        self._drop(peer, DropReason.UNANSWERABLE, f"{exc.status}: {exc.reason}")
 
     # ------------------------------------------------------------------ requests
 
     def _on_request(self, req: Request, peer: Endpoint, local: Endpoint, now: float) -> None:
         method = req.method
         direction = self._direction(peer.host)
+        self.stats.count_request(method, direction)
         if direction is Direction.UNKNOWN:
             self._reject_stranger(req, peer, local)
             return
@@ -427,23 +500,37 @@ class ProxyCore:
         ctx = _Context(key, server, req, checked, peer, local, direction,
                        to_tag=self._new_tag())
         self._contexts[key] = ctx
+        popped, next_route = self._own_routes(req)
+        in_dialog = req.to_tag is not None or next_route is not None
         if method == b"INVITE":
+            if self.draining and not in_dialog:
+                # Draining: refuse the new call (the PBX retries elsewhere), no 100 first.
+                self.stats.draining_503 += 1
+                self._respond(ctx, 503, now, b"Draining", headers=self._retry_after)
+                return
             # RFC 3261 §16.2: 100 Trying at once so the caller stops retransmitting.
             self._respond(ctx, 100, now)
 
-        popped, next_route = self._own_routes(req)
-        in_dialog = req.to_tag is not None or next_route is not None
         if (popped == 0 and not in_dialog and method == b"OPTIONS"
                 and self.listeners.is_own(ctx.uri)):
             self._answer_options(ctx, now)
             return
         if in_dialog:
+            calls = self._calls
+            if req.call_id in calls:
+                calls[req.call_id] = now  # activity keeps an answered call from idling out
             self._route_in_dialog(ctx, popped, next_route, now)
-        elif direction is Direction.OUTBOUND:
-            self.stats.calls_outbound += method == b"INVITE"
+            return
+        is_call = method == b"INVITE"
+        if is_call:
+            ctx.is_call = True
+            ctx.started_at = now
+        if direction is Direction.OUTBOUND:
+            self.stats.calls_outbound += is_call
             self._next_attempt(ctx, popped, now)
         else:
-            self.stats.calls_inbound += method == b"INVITE"
+            self.stats.calls_inbound += is_call
+            ctx.edge = self._gateway_edges.get(peer.host, "")
             self._route_inbound(ctx, popped, now)
 
     def _reject_stranger(self, req: Request, peer: Endpoint, local: Endpoint) -> None:
@@ -451,7 +538,87 @@ class ProxyCore:
         if self.settings.reject_unknown is RejectUnknown.FORBIDDEN and req.method != b"ACK":
             self._respond_stateless(req, peer, local, 403, b"Forbidden", ())
         else:
-            self._events.append(MessageDropped(peer, "source not allowed"))
+            self._drop(peer, DropReason.SOURCE_NOT_ALLOWED)
+
+    def _drop(self, peer: Endpoint, reason: DropReason, detail: str = "") -> None:
+        self.stats.count_drop(reason)
+        self._events.append(MessageDropped(peer, reason, detail))
+
+    @property
+    def _retry_after(self) -> tuple[tuple[bytes, bytes], ...]:
+        return ((b"Retry-After", b"%d" % self.settings.retry_after_s),)
+
+    # ------------------------------------------------------------------ call accounting
+
+    def _call_started(self, ctx: _Context, gateway: Gateway | None) -> None:
+        """A call's first attempt is sent (or it is refused before any): counted once."""
+        ctx.counted = True
+        if gateway is not None:
+            ctx.edge = gateway.edge
+        key = (ctx.direction, ctx.edge)
+        started = self.stats.calls_started
+        started[key] = started.get(key, 0) + 1
+        self._events.append(CallStarted(
+            ctx.request.call_id.decode("ascii", "replace"), _DIRECTION_NAME[ctx.direction],
+            ctx.edge, gateway.id if gateway is not None else _peer_name(ctx)))
+
+    def _call_finished(self, ctx: _Context, status: int, now: float) -> None:
+        """The final response to an initial INVITE went upstream (counted once)."""
+        if not ctx.counted:
+            self._call_started(ctx, None)  # refused before any attempt (no gateway, 416…)
+        ctx.call_done = True
+        gateway = ctx.decided_by
+        if gateway is None and ctx.branches and ctx.branches[-1].gateway is not None:
+            gateway = ctx.branches[-1].gateway
+        edge = gateway.edge if gateway is not None else ctx.edge
+        gateway_name = gateway.id if gateway is not None else _peer_name(ctx)
+        call_id = ctx.request.call_id
+        elapsed = now - ctx.started_at
+        stats = self.stats
+        if 200 <= status < 300:
+            key = (ctx.direction, edge)
+            stats.calls_answered[key] = stats.calls_answered.get(key, 0) + 1
+            histogram(stats.answer_time, edge, ANSWER_BUCKETS_S).observe(elapsed)
+            self._calls[call_id] = now
+            if not self._sweep_armed:
+                self._sweep_armed = True
+                self._push(now + CALL_SWEEP_INTERVAL_S, b"i", b"")
+            self._events.append(CallAnswered(call_id.decode("ascii", "replace"),
+                                             _DIRECTION_NAME[ctx.direction], edge,
+                                             gateway_name, elapsed))
+            return
+        fkey = (ctx.direction, edge, status // 100)
+        stats.calls_failed[fkey] = stats.calls_failed.get(fkey, 0) + 1
+        self._events.append(CallFailed(call_id.decode("ascii", "replace"),
+                                       _DIRECTION_NAME[ctx.direction], edge, gateway_name,
+                                       status, elapsed))
+
+    def _call_rang(self, ctx: _Context, gateway: Gateway | None, now: float) -> None:
+        """First 18x of a call: post-dial delay, by the edge that rang."""
+        ctx.rang = True
+        edge = gateway.edge if gateway is not None else ctx.edge
+        histogram(self.stats.pdd, edge, PDD_BUCKETS_S).observe(now - ctx.started_at)
+
+    def _final_upstream(self, ctx: _Context, status: int, now: float) -> None:
+        """Bookkeeping when a final response to ``ctx`` goes upstream (relayed or ours)."""
+        if ctx.is_call and not ctx.call_done:
+            self._call_finished(ctx, status, now)
+        elif ctx.request.method == b"BYE":
+            call_id = ctx.request.call_id
+            if self._calls.pop(call_id, None) is not None:
+                self._events.append(CallEnded(call_id.decode("ascii", "replace"), status))
+
+    def _sweep_calls(self, now: float) -> None:
+        """Forget answered calls idle for ``CALL_IDLE_TIMEOUT_S`` (their BYE went missing)."""
+        horizon = now - CALL_IDLE_TIMEOUT_S
+        calls = self._calls
+        for call_id in [c for c, seen in calls.items() if seen < horizon]:
+            del calls[call_id]
+            self.stats.calls_idle_expired += 1
+            self._events.append(CallEnded(call_id.decode("ascii", "replace"), 0))
+        self._sweep_armed = bool(calls)
+        if calls:
+            self._push(now + CALL_SWEEP_INTERVAL_S, b"i", b"")
 
     def _server_key(self, req: Request, *, of_invite: bool = False) -> bytes:
         """RFC 3261 §17.2.3 key (``sip.transaction.server_key``, the one key format).
@@ -510,15 +677,18 @@ class ProxyCore:
                  headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         data = build_response(ctx.request, status, reason, to_tag=ctx.to_tag,
                               headers=tuple(headers))
+        self.stats.count_local_reply(status)
         if status >= 200:
             ctx.done = True
             self.stats.local_responses += 1
+            self._final_upstream(ctx, status, now)
         self._run_server(ctx, ctx.server.send_response(status, data, now), now)
 
     def _respond_stateless(self, req: Request, peer: Endpoint, local: Endpoint, status: int,
                            reason: bytes, headers: Iterable[tuple[bytes, bytes]]) -> None:
         self.stats.requests_rejected += 1
         self.stats.local_responses += 1
+        self.stats.count_local_reply(status)
         data = build_response(req, status, reason, to_tag=self._new_tag(),
                               headers=tuple(headers))
         self._outbox.append(Send(data, _response_dest(req, peer), local))
@@ -527,11 +697,12 @@ class ProxyCore:
     def _answer_options(self, ctx: _Context, now: float) -> None:
         """OPTIONS to sipedge itself: 200 while a gateway is UP, else 503 (issue #4)."""
         allow = (b"Allow", b"INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, REFER, NOTIFY")
-        if self.pool.any_up():
+        if self.draining:
+            self._respond(ctx, 503, now, b"Draining", headers=self._retry_after)
+        elif self.pool.any_up():
             self._respond(ctx, 200, now, headers=(allow,))
         else:
-            self._respond(ctx, 503, now, b"No Gateway Available",
-                          headers=((b"Retry-After", b"%d" % self.settings.retry_after_s),))
+            self._respond(ctx, 503, now, b"No Gateway Available", headers=self._retry_after)
 
     # ------------------------------------------------------------------ routing
 
@@ -580,7 +751,7 @@ class ProxyCore:
         except SipError:
             dest = None
         if dest is None or self.listeners.is_own_endpoint(dest):
-            self._events.append(MessageDropped(peer, "ACK without a routable target"))
+            self._drop(peer, DropReason.ACK_UNROUTABLE)
             return
         egress = self.listeners.egress(outside=direction is Direction.OUTBOUND,
                                        transport=dest.transport)
@@ -610,6 +781,7 @@ class ProxyCore:
             self._finish_exhausted(ctx, now)
             return
         ctx.tried.add(gateway.id)
+        ctx.edge = gateway.edge
         try:
             new_uri = localize_request_uri(ctx.uri, gateway.domain_host)
         except SipError:
@@ -628,8 +800,7 @@ class ProxyCore:
             self._respond(ctx, 408, now, b"Request Timeout")
         else:
             self.stats.no_gateway_503 += 1
-            self._respond(ctx, 503, now, b"No Gateway Available",
-                          headers=((b"Retry-After", b"%d" % self.settings.retry_after_s),))
+            self._respond(ctx, 503, now, b"No Gateway Available", headers=self._retry_after)
 
     def _start_branch(self, ctx: _Context, dest: Endpoint, local: Endpoint,
                       gateway: Gateway | None, new_uri: bytes | None, popped: int,
@@ -660,6 +831,8 @@ class ProxyCore:
                                reliable=dest.is_reliable, timers=self.settings.timers, now=now)
         branch_state = _Branch(key, ctx, tx, data, dest, local, gateway, now)
         ctx.branches.append(branch_state)
+        if ctx.is_call and not ctx.counted:
+            self._call_started(ctx, gateway)
         self._branches[key] = branch_state
         self._branches_by_dest.setdefault(dest, set()).add(key)
         self.stats.requests_forwarded += 1
@@ -684,6 +857,7 @@ class ProxyCore:
             self._respond_stateless(req, peer, local, 481, b"Call/Transaction Does Not Exist", ())
             return
         ok = build_response(req, 200, to_tag=ctx.to_tag)
+        self.stats.count_local_reply(200)
         self._outbox.append(Send(ok, _response_dest(req, peer), local))
         if ctx.done or ctx.cancelled:
             return
@@ -737,7 +911,7 @@ class ProxyCore:
             # inject a response into a call (RFC 3261 §18.1.2 sends responses back to us
             # from the address we reached; DNS-named hops are resolved to that address).
             self.stats.stray_responses += 1
-            self._events.append(MessageDropped(peer, "response from an unexpected address"))
+            self._drop(peer, DropReason.UNEXPECTED_RESPONDER)
             return
         ack = None
         if branch.tx.is_invite and resp.status >= 300:
@@ -751,14 +925,17 @@ class ProxyCore:
         """A response no transaction knows: forward a 2xx to INVITE statelessly (§16.7)."""
         if not (200 <= resp.status < 300 and resp.cseq.method == b"INVITE"):
             self.stats.stray_responses += 1
+            self.stats.count_drop(DropReason.STRAY_RESPONSE)
             return
         if not (resp.top_via.branch or b"").startswith(BRANCH_PREFIX):
             self.stats.stray_responses += 1
+            self.stats.count_drop(DropReason.STRAY_RESPONSE)
             return
         values = resp.header_values(b"via")
         if len(values) < 2 or validate_response(resp) is not None:
             # RFC 4475 §3.3.10: never relay to a broadcast/unspecified address.
             self.stats.stray_responses += 1
+            self.stats.count_drop(DropReason.STRAY_RESPONSE)
             return
         upstream = parse_via(values[1])
         dest = self._via_dest(upstream)
@@ -766,11 +943,14 @@ class ProxyCore:
             # Only between the PBX and Twilio: a stranger's forged 2xx must not turn
             # sipedge into a reflector toward any address named in a Via.
             self.stats.stray_responses += 1
+            self.stats.count_drop(DropReason.STRAY_RESPONSE)
             return
         local = self.listeners.egress(outside=dest.host in self._gateway_hosts,
                                       transport=dest.transport)
         self._outbox.append(Send(strip_top_via(resp), dest, local))
         self.stats.responses_forwarded += 1
+        self.stats.count_response(resp.status, Direction.INBOUND if local in
+                                  self.listeners.outside else Direction.OUTBOUND)
 
     def _is_party(self, host: str) -> bool:
         """True for the PBX (allowed callers and the callee) and the gateways."""
@@ -807,6 +987,8 @@ class ProxyCore:
                 return
             if status == 100 or ctx.done or branch.abandoned:
                 return  # 100 is hop-by-hop (§16.7 step 5)
+            if ctx.is_call and not ctx.rang and 180 <= status < 190:
+                self._call_rang(ctx, branch.gateway, now)
             self._forward_response(ctx, resp, now)
             return
         branch.final = status
@@ -814,6 +996,8 @@ class ProxyCore:
             # Always forwarded, even late or on an abandoned branch (§16.7 step 5).
             if branch.gateway is not None:
                 self._events.extend(self.pool.observe_call(branch.gateway.id, True, now))
+            if not ctx.call_done:
+                ctx.decided_by = branch.gateway
             self._forward_response(ctx, resp, now)
             ctx.done = True
             return
@@ -825,13 +1009,16 @@ class ProxyCore:
                                                        retry_after_s=retry_after))
         if ctx.best is None or _better(status, ctx.best.status):
             ctx.best = resp
+            ctx.decided_by = branch.gateway
         if (branch.gateway is not None and status in self.settings.failover_codes
                 and not ctx.cancelled):
-            self._fail_over(branch, f"{status} response", now)
+            self._fail_over(branch, FailoverReason.RESPONSE, now, status)
             return
+        ctx.decided_by = branch.gateway
         self._forward_final(ctx, resp, now)
 
-    def _fail_over(self, branch: _Branch, reason: str, now: float) -> None:
+    def _fail_over(self, branch: _Branch, reason: FailoverReason, now: float,
+                   code: int = 0) -> None:
         ctx = branch.ctx
         branch.abandoned = True
         if not branch.provisional and not branch.final:
@@ -845,10 +1032,17 @@ class ProxyCore:
         popped, _ = self._own_routes(ctx.request)
         self._next_attempt(ctx, popped, now)
         nxt = ctx.branches[-1].gateway if len(ctx.branches) > before else None
-        gateway_id = branch.gateway.id if branch.gateway is not None else str(branch.dest)
+        gateway = branch.gateway
+        gateway_id = gateway.id if gateway is not None else str(branch.dest)
+        from_edge = gateway.edge if gateway is not None else ""
+        to_edge = nxt.edge if nxt is not None else ""
+        by = self.stats.failovers_by
+        key = (from_edge, to_edge, reason)
+        by[key] = by.get(key, 0) + 1
         self._events.append(CallFailedOver(ctx.request.call_id.decode("ascii", "replace"),
                                            gateway_id, reason,
-                                           nxt.id if nxt is not None else None))
+                                           nxt.id if nxt is not None else None,
+                                           from_edge, to_edge, code))
 
     def _forward_final(self, ctx: _Context, resp: Response, now: float) -> None:
         if ctx.done:
@@ -862,8 +1056,13 @@ class ProxyCore:
 
     def _forward_response(self, ctx: _Context, resp: Response, now: float) -> None:
         data = strip_top_via(resp)
-        self.stats.responses_forwarded += 1
-        if resp.status >= 200:
+        status = resp.status
+        stats = self.stats
+        stats.responses_forwarded += 1
+        stats.count_response(status, ctx.direction)
+        if status >= 200:
+            if not ctx.done or (ctx.is_call and not ctx.call_done):
+                self._final_upstream(ctx, status, now)
             ctx.done = True
         if ctx.server.is_terminated:
             # 2xx retransmission after the server transaction ended: statelessly upstream.
@@ -883,9 +1082,10 @@ class ProxyCore:
             elif isinstance(action, PassResponse):
                 if resp is not None:
                     self._on_branch_response(branch, resp, now)
-            elif isinstance(action, (TxTimedOut, TransportFailed)):
-                self._branch_failed(branch, "timeout" if isinstance(action, TxTimedOut)
-                                    else "transport error", now)
+            elif isinstance(action, TxTimedOut):
+                self._branch_failed(branch, FailoverReason.TIMEOUT, now)
+            elif isinstance(action, TransportFailed):
+                self._branch_failed(branch, FailoverReason.TRANSPORT_ERROR, now)
             elif isinstance(action, Terminated):
                 self._drop_branch(branch)
                 return
@@ -937,17 +1137,17 @@ class ProxyCore:
                 and not branch.provisional and not ctx.done and not ctx.cancelled
                 and now >= branch.sent_at + self.settings.no_provisional_timeout_s):
             # Twilio itself moves on after 4 s without a provisional; so do we.
-            self._branch_failed(branch, "no provisional response", now)
+            self._branch_failed(branch, FailoverReason.NO_PROVISIONAL, now)
         deadline = branch.tx.next_deadline()
         if deadline is not None and deadline <= now:
             self._run_client(branch, branch.tx.handle_timer(now), now)
 
-    def _branch_failed(self, branch: _Branch, reason: str, now: float) -> None:
+    def _branch_failed(self, branch: _Branch, reason: FailoverReason, now: float) -> None:
         """Timeout or transport error on a branch: health, then failover or give up."""
         ctx = branch.ctx
         if branch.abandoned or branch.final:
             return
-        if reason != "transport error":
+        if reason is not FailoverReason.TRANSPORT_ERROR:
             ctx.any_timeout = True
         if branch.gateway is not None:
             self._events.extend(self.pool.observe_call(branch.gateway.id, False, now))
@@ -962,11 +1162,10 @@ class ProxyCore:
             self._fail_over(branch, reason, now)
             return
         branch.abandoned = True
-        if reason == "timeout":
+        if reason is FailoverReason.TIMEOUT:
             self._respond(ctx, 408, now, b"Request Timeout")
         else:
-            self._respond(ctx, 503, now, b"Service Unavailable",
-                          headers=((b"Retry-After", b"%d" % self.settings.retry_after_s),))
+            self._respond(ctx, 503, now, b"Service Unavailable", headers=self._retry_after)
 
     def _drop_branch(self, branch: _Branch) -> None:
         self._branches.pop(branch.key, None)
@@ -1035,8 +1234,9 @@ class ProxyCore:
             self._probes[client_key(resp.top_via.branch or b"", b"OPTIONS")] = probe
             return
         retry_after = _retry_after(resp) if resp.status == 503 else None
-        self._probe_result(probe.gateway, Replied(resp.status, now - probe.sent_at, retry_after),
-                           now)
+        rtt = now - probe.sent_at
+        histogram(self.stats.probe_rtt, probe.gateway.id, RTT_BUCKETS_S).observe(rtt)
+        self._probe_result(probe.gateway, Replied(resp.status, rtt, retry_after), now)
 
     def _probe_result(self, gateway: Gateway, result: Replied | TimedOut | SendFailed,
                       now: float) -> None:
@@ -1049,6 +1249,12 @@ class ProxyCore:
             # noticed in about down_after × interval_down_s, not × interval_up_s.
             health = Health.PROBING
         self.schedule.reschedule(gateway.id, now, health, not_before=record.held_until)
+
+
+def _peer_name(ctx: _Context) -> str:
+    """The other party of a call that has no gateway (the PBX, or "" if none was tried)."""
+    branch = ctx.branches[-1] if ctx.branches else None
+    return branch.dest.hostport if branch is not None else ""
 
 
 def _retry_after(resp: Response) -> float | None:

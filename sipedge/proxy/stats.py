@@ -1,19 +1,85 @@
 """Plain counters the core bumps on the hot path and a collector reads at scrape time.
 
-No prometheus objects here (house rule 11): an attribute increment costs a few
-nanoseconds; the metrics layer turns these into samples when Prometheus asks.
+No prometheus objects here (house rule 11): an attribute increment or a dict update costs
+tens of nanoseconds; ``sipedge.metrics`` turns these into samples when Prometheus asks.
+Nothing here takes a lock or formats a label: keys are enums, method bytes, ints and the
+edge names the pool already holds. Every keyed table is bounded by construction (methods
+outside ``METHODS`` count as ``OTHER``; status classes are 1–6; edges and gateways come
+from the config).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Final
 
-__all__ = ["ProxyStats"]
+from sipedge.proxy.events import DropReason, FailoverReason
+from sipedge.proxy.routing import Direction
+
+__all__ = [
+    "ANSWER_BUCKETS_S",
+    "METHODS",
+    "PDD_BUCKETS_S",
+    "RTT_BUCKETS_S",
+    "Histogram",
+    "ProxyStats",
+]
+
+#: Methods counted by name; anything else is ``b"OTHER"`` (an attacker's random method
+#: names must not grow the table).
+METHODS: Final = frozenset({
+    b"INVITE", b"ACK", b"BYE", b"CANCEL", b"OPTIONS", b"REGISTER", b"UPDATE", b"INFO",
+    b"PRACK", b"REFER", b"NOTIFY", b"SUBSCRIBE", b"MESSAGE", b"PUBLISH",
+})
+OTHER_METHOD: Final = b"OTHER"
+
+#: Post-dial delay (INVITE → first 18x), seconds: Twilio's own no-provisional limit is 4 s.
+PDD_BUCKETS_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
+#: INVITE → 200, seconds: includes the callee's ringing time.
+ANSWER_BUCKETS_S: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+#: OPTIONS round trip over the private link, seconds.
+RTT_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+class Histogram:
+    """Fixed buckets, Prometheus semantics (``le``); ``counts[-1]`` is the +Inf overflow.
+
+    Buckets are stored non-cumulative (one increment per observation); the collector
+    accumulates them at scrape time.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation (``value`` ≤ bound goes in that bound's bucket)."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        """Observations so far."""
+        return sum(self.counts)
+
+
+def _by_direction() -> dict[Direction, dict[bytes, int]]:
+    return {d: {} for d in Direction}
 
 
 @dataclass(slots=True)
 class ProxyStats:
-    """Counters (monotonic) and gauges of one proxy core."""
+    """Counters (monotonic) and gauges of one proxy core.
+
+    Direction keys: for requests, the side a request came from (``OUTBOUND`` = the inside,
+    the PBX; ``INBOUND`` = the outside, Twilio; ``UNKNOWN`` = a stranger); for relayed
+    responses, the side the response was sent to. Call tables are keyed by call direction
+    (``OUTBOUND`` = PBX → Twilio) and edge name (``""`` when no gateway was usable).
+    """
 
     requests_received: int = 0
     responses_received: int = 0
@@ -31,16 +97,69 @@ class ProxyStats:
     calls_inbound: int = 0
     failovers: int = 0
     no_gateway_503: int = 0
+    draining_503: int = 0
     cancels: int = 0
     probes_sent: int = 0
     probe_timeouts: int = 0
     transport_errors: int = 0
     tnx_deprecated: int = 0
     edge_param_seen: int = 0
-    # gauges, refreshed by the core
+    calls_idle_expired: int = 0
+    # labelled counters
+    requests_by_method: dict[Direction, dict[bytes, int]] = field(default_factory=_by_direction)
+    responses_by_class: dict[tuple[int, Direction], int] = field(default_factory=dict)
+    local_replies: dict[int, int] = field(default_factory=dict)
+    drops: dict[DropReason, int] = field(default_factory=dict)
+    parse_errors_by_status: dict[int, int] = field(default_factory=dict)  # 0 = dropped
+    calls_started: dict[tuple[Direction, str], int] = field(default_factory=dict)
+    calls_answered: dict[tuple[Direction, str], int] = field(default_factory=dict)
+    calls_failed: dict[tuple[Direction, str, int], int] = field(default_factory=dict)
+    failovers_by: dict[tuple[str, str, FailoverReason], int] = field(default_factory=dict)
+    pdd: dict[str, Histogram] = field(default_factory=dict)  # by edge
+    answer_time: dict[str, Histogram] = field(default_factory=dict)  # by edge
+    probe_rtt: dict[str, Histogram] = field(default_factory=dict)  # by gateway id
+    # gauges, refreshed by the core at scrape time (ProxyCore.refresh_gauges)
     server_transactions: int = 0
     client_transactions: int = 0
+    calls_in_progress: int = 0
+    calls_setting_up: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        """All counters by name (for the metrics collector and tests)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def count_request(self, method: bytes, direction: Direction) -> None:
+        """One request received from ``direction``'s side."""
+        table = self.requests_by_method[direction]
+        if method not in METHODS:
+            method = OTHER_METHOD
+        table[method] = table.get(method, 0) + 1
+
+    def count_response(self, status: int, toward: Direction) -> None:
+        """One response relayed toward ``toward``'s side."""
+        key = (status // 100, toward)
+        table = self.responses_by_class
+        table[key] = table.get(key, 0) + 1
+
+    def count_drop(self, reason: DropReason) -> None:
+        """One message dropped without an answer."""
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def count_local_reply(self, status: int) -> None:
+        """One response sipedge built itself (final or provisional)."""
+        self.local_replies[status] = self.local_replies.get(status, 0) + 1
+
+    def count_parse_error(self, status: int | None) -> None:
+        """One parse error; ``status`` is the answer it calls for (None: dropped)."""
+        key = status or 0
+        self.parse_errors_by_status[key] = self.parse_errors_by_status.get(key, 0) + 1
+
+
+def histogram(table: dict[str, Histogram], key: str, bounds: tuple[float, ...]) -> Histogram:
+    """``table[key]``, created with ``bounds`` on first use (keys come from the config)."""
+    hist = table.get(key)
+    if hist is None:
+        hist = table[key] = Histogram(bounds)
+    return hist
+
+
+def as_plain(stats: ProxyStats) -> dict[str, int]:
+    """The scalar counters and gauges by name (for tests and the admin API)."""
+    return {name: value for name in ProxyStats.__dataclass_fields__
+            if isinstance(value := getattr(stats, name), int)}

@@ -16,6 +16,8 @@ from sipedge.gateway.health import GatewayStateChanged, Health
 from sipedge.proxy.events import (
     CallFailedOver,
     DeprecatedParameterSeen,
+    DropReason,
+    FailoverReason,
     MessageDropped,
     RequestRejected,
 )
@@ -240,7 +242,7 @@ def test_failover_after_no_provisional_timeout_uses_new_branch(h: ProxyHarness) 
     assert header(second, b"CSeq") == header(first, b"CSeq")
     assert branch_of(headers(second, b"Via")[0]) != branch_of(headers(first, b"Via")[0])
     assert first_line(second) == first_line(first)
-    assert any(isinstance(e, CallFailedOver) and e.reason == "no provisional response"
+    assert any(isinstance(e, CallFailedOver) and e.reason is FailoverReason.NO_PROVISIONAL
                for e in h.events)
 
 
@@ -553,7 +555,7 @@ def test_stranger_dropped_silently_and_counted(h: ProxyHarness) -> None:
     assert out == []
     assert h.core.stats.unknown_source_dropped == 1
     assert [e for e in h.events if isinstance(e, MessageDropped)] == [
-        MessageDropped(STRANGER, "source not allowed")]
+        MessageDropped(STRANGER, DropReason.SOURCE_NOT_ALLOWED)]
 
 
 def test_stranger_answered_403_when_reject_unknown_forbidden() -> None:
