@@ -175,6 +175,28 @@ class ProbeSchedule:
         self._next: float | None = None
         self._next_valid = False
 
+    def retune(self, now: float, *, interval_up_s: float, interval_down_s: float,
+               jitter: float) -> None:
+        """New intervals from a reloaded config; timing of each gateway otherwise kept.
+
+        A gateway due later than the longest new interval is pulled in to it, so shorter
+        intervals take effect within one of them rather than after the old, long one.
+
+        Raises:
+            ValueError: as the constructor.
+        """
+        if not (interval_up_s > 0 and interval_down_s > 0):
+            raise ValueError("probe intervals must be > 0")
+        if not 0 <= jitter < 1:
+            raise ValueError("jitter must be in [0, 1)")
+        self.interval_up_s, self.interval_down_s, self.jitter = (
+            interval_up_s, interval_down_s, jitter)
+        latest = now + max(interval_up_s, interval_down_s)
+        for gid, due in self._due.items():
+            if due > latest:
+                self._due[gid] = latest
+        self._next_valid = False
+
     def interval(self, health: Health) -> float:
         """The nominal (un-jittered) interval for a gateway in ``health``."""
         if health in (Health.UP, Health.ADMIN_DOWN):

@@ -380,6 +380,18 @@ class ProxyCore:
         """True when at least one gateway is UP (``/readyz``, local OPTIONS)."""
         return self.pool.any_up()
 
+    def reconfigure(self, settings: ProxySettings, pool: GatewayPool, now: float,
+                    probed: Iterable[str] | None = None) -> None:
+        """Swap in a reloaded config whole: settings, listeners, ACLs and the pool.
+
+        Requests in flight finish on the plan they started with (their branches keep their
+        destination, listener and gateway); new requests use the new settings. Gateway
+        health carries over for gateways that stay (``reload_pool``).
+        """
+        self.settings = settings
+        self.listeners = Listeners(settings.inside, settings.outside)
+        self.reload_pool(pool, now, probed)
+
     def reload_pool(self, pool: GatewayPool, now: float,
                     probed: Iterable[str] | None = None) -> None:
         """Swap in a rebuilt gateway pool (DNS membership change, config reload).

@@ -83,6 +83,7 @@ class Transports:
         self._udp: dict[tuple[str, int], UdpListener] = {}
         self._udp_by_host: dict[str, UdpListener] = {}
         self._streams: StreamTable | None = None
+        self._server_ssl: ssl.SSLContext | None = None
         self._closed = False
 
     async def start(self, listen: Iterable[Endpoint]) -> list[Endpoint]:
@@ -107,30 +108,84 @@ class Transports:
             self._sink, loop, self._settings, client_ssl=client_ssl, sni_for=self._sni_for
         )
         bound: list[Endpoint] = []
-        server_ssl: ssl.SSLContext | None = None
         try:
             for local in dict.fromkeys(listen):
-                if local.transport == "udp":
-                    listener = await open_udp_listener(self._sink, local, loop)
-                    self._udp[(listener.local.host, listener.local.port)] = listener
-                    self._udp_by_host.setdefault(listener.local.host, listener)
-                    bound.append(listener.local)
-                elif local.transport == "tcp":
-                    bound.append(await self._streams.listen(local))
-                elif local.transport == "tls":
-                    if self._tls is None:
-                        raise TransportError(
-                            TransportErrorReason.TLS_CONFIG, f"{local}: no TLS settings"
-                        )
-                    server_ssl = server_ssl or server_context(self._tls)
-                    bound.append(await self._streams.listen(local, server_ssl))
-                else:
-                    raise TransportError(TransportErrorReason.UNSUPPORTED, str(local))
+                bound.append(await self._bind(local))
         except TransportError:
             await self.aclose()
             raise
         _log.info("listening on %s", ", ".join(map(str, bound)))
         return bound
+
+    async def _bind(self, local: Endpoint) -> Endpoint:
+        loop = self._loop
+        streams = self._streams
+        assert loop is not None and streams is not None
+        if local.transport == "udp":
+            listener = await open_udp_listener(self._sink, local, loop)
+            self._udp[(listener.local.host, listener.local.port)] = listener
+            self._udp_by_host.setdefault(listener.local.host, listener)
+            return listener.local
+        if local.transport == "tcp":
+            return await streams.listen(local)
+        if local.transport == "tls":
+            if self._tls is None:
+                raise TransportError(TransportErrorReason.TLS_CONFIG, f"{local}: no TLS settings")
+            if self._server_ssl is None:
+                self._server_ssl = server_context(self._tls)
+            return await streams.listen(local, self._server_ssl)
+        raise TransportError(TransportErrorReason.UNSUPPORTED, str(local))
+
+    async def add_listeners(self, listen: Iterable[Endpoint]) -> list[Endpoint]:
+        """Bind the listeners of ``listen`` not bound yet (a reload's new sockets).
+
+        All or nothing: when one cannot be bound, those this call bound are closed again
+        and the error propagates; the listeners from before are untouched.
+
+        Returns:
+            The newly bound endpoints.
+
+        Raises:
+            TransportError: as :meth:`start`, or CLOSED before ``start``/after close.
+        """
+        if self._loop is None or self._closed:
+            raise TransportError(TransportErrorReason.CLOSED, "transports not running")
+        have = set(self.listeners)
+        added: list[Endpoint] = []
+        try:
+            for local in dict.fromkeys(listen):
+                if local not in have:
+                    added.append(await self._bind(local))
+        except TransportError:
+            await self.remove_listeners(added)
+            raise
+        if added:
+            _log.info("now also listening on %s", ", ".join(map(str, added)))
+        return added
+
+    async def remove_listeners(self, endpoints: Iterable[Endpoint]) -> None:
+        """Close these listeners (a reload dropped them).
+
+        A UDP socket closes with its watched flows; a stream listener stops accepting,
+        while its established connections stay until they end or idle out, so calls
+        set up through it finish.
+        """
+        gone = set(endpoints)
+        for key, listener in list(self._udp.items()):
+            if listener.local in gone:
+                del self._udp[key]
+                if self._udp_by_host.get(listener.local.host) is listener:
+                    del self._udp_by_host[listener.local.host]
+                    for other in self._udp.values():
+                        if other.local.host == listener.local.host:
+                            self._udp_by_host[other.local.host] = other
+                            break
+                listener.close()
+                await listener.wait_closed()
+        if self._streams is not None:
+            self._streams.unlisten(gone)
+        if gone:
+            _log.info("stopped listening on %s", ", ".join(map(str, sorted(gone, key=str))))
 
     @property
     def listeners(self) -> list[Endpoint]:

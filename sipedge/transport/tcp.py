@@ -396,6 +396,15 @@ class StreamTable:
             if listener.server is not None:
                 listener.server.close()
 
+    def unlisten(self, endpoints: set[Endpoint]) -> None:
+        """Close the listeners bound to ``endpoints``; their connections stay."""
+        for listener in [lst for lst in self._listeners if lst.local in endpoints]:
+            self._listeners.remove(listener)
+            if listener.server is not None:
+                # Not wait_closed(): uvloop's (and 3.12's) waits for every connection the
+                # listener accepted to end, and those are calls that must go on.
+                listener.server.close()
+
     def pending_bytes(self) -> int:
         """Bytes still buffered across all connections (for a bounded drain)."""
         return sum(conn.write_buffer_size for conn in self._open)
