@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 
 from sipedge.catalogue import CatalogueError, EdgeMatch
 from sipedge.catalogue import load as load_catalogue
+from sipedge.proxy.settings import ProxySettings, RejectUnknown
 from sipedge.sip.address import TRANSPORTS, Endpoint, default_port
 from sipedge.sip.timers import Timers
 
@@ -42,6 +43,7 @@ __all__ = [
     "OutsideConfig",
     "ProbeConfig",
     "TlsConfig",
+    "build_settings",
     "load_config",
     "parse_config",
     "summary",
@@ -841,6 +843,36 @@ def _is_dns_name(text: str) -> bool:
         0 < len(name) <= 253
         and all(_is_label(label) for label in labels)
         and not labels[-1].isdigit()
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# The core's settings (house.md layer 3: config builds them, the core never sees TOML)
+
+
+def build_settings(config: Config) -> ProxySettings:
+    """The proxy core's typed settings from a validated config.
+
+    Args:
+        config: a validated configuration.
+
+    Returns:
+        The settings ``ProxyCore`` runs on.
+    """
+    return ProxySettings(
+        inside=config.inside.listen,
+        outside=config.outside.listen,
+        inside_allow=tuple(config.inside.allow),
+        pbx=config.inside.pbx,
+        domain=config.outside.domain,
+        strip_edge_params=config.inbound.strip_edge_params,
+        reject_unknown=RejectUnknown(config.inbound.reject_unknown),
+        timers=config.timers,
+        failover_codes=config.failover.codes,
+        no_provisional_timeout_s=config.failover.no_provisional_timeout_s,
+        probe_timeout_s=config.probe.timeout_s,
+        # About twice the down-probe interval: by then a recovered gateway is seen UP.
+        retry_after_s=max(1, round(2 * config.probe.interval_down_s)),
     )
 
 
