@@ -57,12 +57,14 @@ __all__ = [
     "AdminConfig",
     "Config",
     "ConfigError",
+    "DaemonConfig",
     "EdgeConfig",
     "FailoverConfig",
     "GatewayConfig",
     "InboundConfig",
     "InsideConfig",
     "LogConfig",
+    "LogFormat",
     "OutsideConfig",
     "ProbeConfig",
     "TlsConfig",
@@ -79,6 +81,8 @@ _T = TypeVar("_T")
 _S = TypeVar("_S", bound="DataclassInstance")
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LogFormat = Literal["text", "json"]
+_LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 # Twilio asks for at most one OPTIONS ping per 10–15 s per gateway (interconnect facts).
 _TWILIO_MIN_PROBE_INTERVAL_S = 10.0
@@ -291,9 +295,24 @@ class LogConfig:
 
     Attributes:
         level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``.
+        format: ``text`` (one line per record) or ``json`` (one object per line);
+            ``sipedge run --log-format`` overrides it.
     """
 
     level: str = "info"
+    format: LogFormat = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """``[daemon]``: the process around the proxy.
+
+    Attributes:
+        drain_timeout_s: on SIGTERM, how long calls in progress may take to end before
+            the daemon exits anyway.
+    """
+
+    drain_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +331,7 @@ class Config:
         failover: ``[failover]``.
         admin: ``[admin]``.
         log: ``[log]``.
+        daemon: ``[daemon]``.
         warnings: ``key: text`` lines worth logging once (not errors).
     """
 
@@ -326,6 +346,7 @@ class Config:
     failover: FailoverConfig = field(default_factory=FailoverConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     warnings: tuple[str, ...] = field(default=(), metadata={"key": False})
 
     @property
@@ -772,6 +793,7 @@ class _Loader:
             failover=t.get("failover", self.failover),
             admin=t.get("admin", self.admin),
             log=t.get("log", self.log),
+            daemon=t.get("daemon", self.daemon),
         )
         t.done()
         self.check_probe(config)
@@ -934,7 +956,11 @@ class _Loader:
 
     def log(self, raw: Any, where: str) -> LogConfig:
         t = _Table(self, raw, where, LogConfig)
-        return t.build(level=self.choice(_LOG_LEVELS))
+        return t.build(level=self.choice(_LOG_LEVELS), format=self.choice(_LOG_FORMATS))
+
+    def daemon(self, raw: Any, where: str) -> DaemonConfig:
+        t = _Table(self, raw, where, DaemonConfig)
+        return t.build(drain_timeout_s=self.positive)
 
 
 def _kind_name(kind: type) -> str:
@@ -1028,6 +1054,10 @@ def build_settings(config: Config) -> ProxySettings:
 def summary(config: Config) -> str:
     """What ``sipedge check`` prints: listeners, domain, edges, probing, warnings.
 
+    The sections with a line of their own are worded by hand; every other section
+    (``[log]``, ``[daemon]``, and any section added later) is listed from its fields as
+    ``key value, ...``. No value here is a default: all of them come from ``config``.
+
     Args:
         config: a validated configuration.
 
@@ -1073,9 +1103,26 @@ def summary(config: Config) -> str:
         lines.append(f"tls: CA {config.tls.cafile}, certificate {config.tls.certfile or '-'}")
     admin = str(config.admin.listen.hostport) if config.admin.listen else "off"
     lines.append(f"admin: {admin}")
-    lines.append(f"log: {config.log.level}")
+    for key, name in section_keys(Config).items():
+        if key not in _WORDED_SECTIONS:
+            lines.append(f"{key}: {_fields_text(getattr(config, name))}")
     lines.extend(f"warning: {w}" for w in config.warnings)
     return "\n".join(lines)
+
+
+#: The sections ``summary`` words by hand (``edges`` as one line per edge).
+_WORDED_SECTIONS = frozenset(
+    {"inside", "outside", "edges", "probe", "failover", "timers", "inbound", "tls", "admin"}
+)
+
+
+def _fields_text(section: DataclassInstance) -> str:
+    """``key value, key value`` in field order, with the file's key names."""
+    parts = []
+    for key, name in section_keys(type(section)).items():
+        value = getattr(section, name)
+        parts.append(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}")
+    return ", ".join(parts)
 
 
 def _codes_text(codes: frozenset[int]) -> str:

@@ -545,3 +545,45 @@ def test_a_field_without_a_parser_is_a_programming_error_not_an_ignored_key() ->
         _Table(loader, {}, "probe", ProbeConfig).build(
             **{f.name: loader.positive for f in fields(ProbeConfig) if f.name != "up_after"}
         )
+
+
+# -- [daemon] and [log] format (issue 11) ------------------------------------------------------
+
+
+def test_daemon_and_log_format_defaults() -> None:
+    c = cfg()
+    assert c.daemon.drain_timeout_s == 30.0
+    assert c.log.format == "text"
+    assert "log: level info, format text" in summary(c)
+    assert "daemon: drain_timeout_s 30" in summary(c)
+
+
+def test_daemon_and_log_format_values_parsed() -> None:
+    c = cfg(rest='[daemon]\ndrain_timeout_s = 5\n[log]\nformat = "JSON"')
+    assert c.daemon.drain_timeout_s == 5.0 and isinstance(c.daemon.drain_timeout_s, float)
+    assert c.log.format == "json"
+    assert "daemon: drain_timeout_s 5" in summary(c)
+
+
+@pytest.mark.parametrize(
+    ("rest", "key", "reason"),
+    [
+        ("[daemon]\ndrain_timeout_s = 0", "daemon.drain_timeout_s", "must be positive, got 0.0"),
+        ("[daemon]\ndrain_timeout_s = -3", "daemon.drain_timeout_s", "must be positive, got -3.0"),
+        ("[daemon]\ndrain_timeout_s = '30'", "daemon.drain_timeout_s", "expected a number, got '30'"),
+        ("[daemon]\ndrain_timeout_s = true", "daemon.drain_timeout_s", "expected a number, got True"),
+        ('[log]\nformat = "xml"', "log.format", "'xml': expected one of text, json"),
+        ("[log]\nformat = 1", "log.format", "expected a string, got 1"),
+    ],
+)
+def test_daemon_and_log_format_bad_values_refused(rest: str, key: str, reason: str) -> None:
+    err = error(rest=rest)
+    assert (err.key, err.reason) == (key, reason)
+    assert str(err) == f"test.toml: {key}: {reason}"
+
+
+def test_daemon_unknown_key_refused() -> None:
+    err = error(rest="[daemon]\ndrain_timeout = 3")
+    assert str(err) == (
+        "test.toml: daemon.drain_timeout: unknown key; expected one of drain_timeout_s"
+    )
