@@ -45,6 +45,7 @@ from typing import (
 
 from sipedge.catalogue import CatalogueError, EdgeMatch
 from sipedge.catalogue import load as load_catalogue
+from sipedge.logs import LOG_FORMATS, LogFormat
 from sipedge.proxy.settings import ProxySettings, RejectUnknown
 from sipedge.sip.address import TRANSPORTS, Endpoint, default_port
 from sipedge.sip.timers import Timers
@@ -64,7 +65,6 @@ __all__ = [
     "InboundConfig",
     "InsideConfig",
     "LogConfig",
-    "LogFormat",
     "OutsideConfig",
     "ProbeConfig",
     "TlsConfig",
@@ -81,8 +81,6 @@ _T = TypeVar("_T")
 _S = TypeVar("_S", bound="DataclassInstance")
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LogFormat = Literal["text", "json"]
-_LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 # Twilio asks for at most one OPTIONS ping per 10–15 s per gateway (interconnect facts).
 _TWILIO_MIN_PROBE_INTERVAL_S = 10.0
@@ -956,7 +954,7 @@ class _Loader:
 
     def log(self, raw: Any, where: str) -> LogConfig:
         t = _Table(self, raw, where, LogConfig)
-        return t.build(level=self.choice(_LOG_LEVELS), format=self.choice(_LOG_FORMATS))
+        return t.build(level=self.choice(_LOG_LEVELS), format=self.choice(LOG_FORMATS))
 
     def daemon(self, raw: Any, where: str) -> DaemonConfig:
         t = _Table(self, raw, where, DaemonConfig)
