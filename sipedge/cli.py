@@ -14,6 +14,7 @@ import urllib.request
 
 from sipedge import __version__
 from sipedge.config import Config, ConfigError, load_config, summary
+from sipedge.logs import LOG_FORMATS
 from sipedge.sip.address import Endpoint
 
 __all__ = ["main"]
@@ -32,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default=None,
                      choices=["debug", "info", "warning", "error"],
                      help="override [log] level")
+    run.add_argument("--log-format", default=None, choices=LOG_FORMATS,
+                     help="override [log] format: text lines or one JSON object per line")
     check = sub.add_parser("check", help="validate a config file and print a summary")
     check.add_argument("--config", required=True, help="TOML config file")
     gateways = sub.add_parser("gateways", help="print the running daemon's gateway table "
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from sipedge.daemon import run
     from sipedge.logs import setup_logging
 
-    setup_logging(args.log_level or config.log.level)
+    setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
     for warning in config.warnings:
         print(f"sipedge: warning: {warning}", file=sys.stderr)
     return run(config)

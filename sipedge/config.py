@@ -13,26 +13,52 @@ The file format is a public interface (issues 3 and 4); every key, its default a
 its meaning are shown in ``conf/sipedge.toml``. Unknown keys are refused at every
 level, because a misspelt key silently falling back to a default is how a proxy ends
 up sending calls somewhere nobody intended.
+
+One source per key (issue 11): a table's dataclass *is* its schema. The allowed keys,
+their TOML spelling, which are required and their defaults all come from the fields
+(:func:`section_keys`, :data:`SECTIONS`); the loader only adds, per field, the parser
+that validates its value (``_Table.build``), and refuses to load a table one of whose
+fields has no parser. A new key is: a field with its default and docstring, its parser
+in the section's method, its line in ``conf/sipedge.toml`` (a test compares the file
+with the dataclasses) and, when the core needs it, :func:`build_settings`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import MappingProxyType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    TypeVar,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from sipedge.catalogue import CatalogueError, EdgeMatch
 from sipedge.catalogue import load as load_catalogue
+from sipedge.logs import LOG_FORMATS, LogFormat
+from sipedge.proxy.settings import ProxySettings, RejectUnknown
 from sipedge.sip.address import TRANSPORTS, Endpoint, default_port
 from sipedge.sip.timers import Timers
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 __all__ = [
+    "SECTIONS",
     "AdminConfig",
     "Config",
     "ConfigError",
+    "DaemonConfig",
     "EdgeConfig",
     "FailoverConfig",
     "GatewayConfig",
@@ -42,14 +68,17 @@ __all__ = [
     "OutsideConfig",
     "ProbeConfig",
     "TlsConfig",
+    "build_settings",
     "load_config",
     "parse_config",
+    "section_keys",
     "summary",
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 RejectPolicy = Literal["drop", "403"]
 _T = TypeVar("_T")
+_S = TypeVar("_S", bound="DataclassInstance")
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -78,24 +107,37 @@ class ConfigError(Exception):
 
 # ----------------------------------------------------------------------------------------
 # The Config tree
+#
+# Each section's dataclass is the one description of its TOML table: a field is a key of
+# the same name, the field's default is the key's default, and a field without a default
+# is a required key (section_keys() reads this; the loader, `sipedge check` and the tests
+# all go through it). Field metadata marks where a field and a key differ:
+#   {"key": False}           derived while loading, not a key of the file;
+#   {"key": "other_name"}    the key is spelt differently from the field;
+#   {"also": ("weights",)}   further keys that feed this field.
+# `Timers` belongs to the sans-I/O core, which must not learn TOML names (house.md §1), so
+# its keys follow one rule kept here instead of metadata there: the unit is in the key's
+# name (house.md §2), field t1 is key t1_s.
+
+_UNIT_SUFFIX: Mapping[type, str] = MappingProxyType({Timers: "_s"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class InsideConfig:
     """``[inside]``: the side facing the PBX.
 
     Attributes:
         listen: sockets the PBX sends to.
-        allow: source networks allowed to place calls towards Twilio.
+        allow: source networks allowed to place calls towards Twilio (empty: nobody).
         pbx: where calls from Twilio are sent (host may be a name, resolved later).
     """
 
     listen: tuple[Endpoint, ...]
-    allow: tuple[IPNetwork, ...]
+    allow: tuple[IPNetwork, ...] = ()
     pbx: Endpoint
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OutsideConfig:
     """``[outside]``: the side facing Twilio over the private link.
 
@@ -112,14 +154,15 @@ class OutsideConfig:
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    """One gateway of an edge.
+    """One gateway of an edge (an item of ``edges[].gateways``, not a table).
 
     Attributes:
         host: IP literal (IPv6 without brackets) or a DNS name (RFC 3263, resolved later).
         port: the port given, or ``None`` (an IP uses the transport's default port; a
             name is looked up with SRV first, RFC 3263 §4.2).
         transport: the edge's transport.
-        weight: relative share of calls within the edge (round-robin weight).
+        weight: relative share of calls within the edge (round-robin weight); the
+            default of ``edges[].weights``.
     """
 
     host: str
@@ -142,7 +185,7 @@ class GatewayConfig:
         return f"{host}:{self.port}" if self.port is not None else host
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EdgeConfig:
     """One ``[[edges]]`` entry: a priority group of gateways, tried in file order.
 
@@ -150,18 +193,19 @@ class EdgeConfig:
         name: canonical Interconnect edge name (``ashburn-ix``), legacy ids normalised.
         region: the gateways' region (``Virginia``), from the catalogue.
         transport: ``udp``, ``tcp`` or ``tls``.
-        gateways: the group; the catalogue's addresses when the file gives none.
+        gateways: the group, weighted by the ``weights`` key; the catalogue's addresses
+            when the file gives none (so the key has no dataclass default).
         localized_domain: the Request-URI host for calls through this edge,
             ``{domain}.sip.{edge}.twilio.com``; also the TLS server name (SNI).
         from_catalogue: True when ``gateways`` came from the catalogue.
     """
 
     name: str
-    region: str
-    transport: str
-    gateways: tuple[GatewayConfig, ...]
-    localized_domain: str
-    from_catalogue: bool
+    region: str = field(metadata={"key": False})
+    transport: str = "udp"
+    gateways: tuple[GatewayConfig, ...] = field(metadata={"also": ("weights",)})
+    localized_domain: str = field(metadata={"key": False})
+    from_catalogue: bool = field(metadata={"key": False})
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,9 +293,24 @@ class LogConfig:
 
     Attributes:
         level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``.
+        format: ``text`` (one line per record) or ``json`` (one object per line);
+            ``sipedge run --log-format`` overrides it.
     """
 
     level: str = "info"
+    format: LogFormat = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """``[daemon]``: the process around the proxy.
+
+    Attributes:
+        drain_timeout_s: on SIGTERM, how long calls in progress may take to end before
+            the daemon exits anyway.
+    """
+
+    drain_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,21 +329,23 @@ class Config:
         failover: ``[failover]``.
         admin: ``[admin]``.
         log: ``[log]``.
+        daemon: ``[daemon]``.
         warnings: ``key: text`` lines worth logging once (not errors).
     """
 
-    path: str
+    path: str = field(metadata={"key": False})
     inside: InsideConfig
     outside: OutsideConfig
     edges: tuple[EdgeConfig, ...]
-    inbound: InboundConfig
-    tls: TlsConfig
-    timers: Timers
-    probe: ProbeConfig
-    failover: FailoverConfig
-    admin: AdminConfig
-    log: LogConfig
-    warnings: tuple[str, ...] = ()
+    inbound: InboundConfig = field(default_factory=InboundConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    timers: Timers = field(default_factory=Timers)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    warnings: tuple[str, ...] = field(default=(), metadata={"key": False})
 
     @property
     def listen(self) -> tuple[Endpoint, ...]:
@@ -303,6 +364,58 @@ class Config:
     def sni_map(self) -> dict[Endpoint, str]:
         """Gateway endpoint → localized domain, for the transports' ``sni_for``."""
         return {gw.endpoint: e.localized_domain for e in self.edges for gw in e.gateways}
+
+
+@cache
+def section_keys(cls: type[DataclassInstance]) -> Mapping[str, str]:
+    """The TOML keys of a table, each mapped to the field it feeds, in field order.
+
+    Args:
+        cls: the table's dataclass: ``Config`` for the top level, a section's
+            (``ProbeConfig``, ``Timers``, ``EdgeConfig`` for an ``[[edges]]`` entry).
+
+    Returns:
+        ``{toml_key: field_name}``; derived fields (``{"key": False}``) are left out.
+    """
+    keys: dict[str, str] = {}
+    for f in fields(cls):
+        key = f.metadata.get("key", f.name + _UNIT_SUFFIX.get(cls, ""))
+        if key is False:
+            continue
+        keys[key] = f.name
+        for extra in f.metadata.get("also", ()):
+            keys[extra] = f.name
+    return MappingProxyType(keys)
+
+
+def _section_types() -> Mapping[str, type[DataclassInstance]]:
+    hints = get_type_hints(Config)
+    out: dict[str, type[DataclassInstance]] = {}
+    for key, name in section_keys(Config).items():
+        hint = hints[name]
+        if get_origin(hint) is tuple:  # [[edges]]: an array of tables
+            hint = get_args(hint)[0]
+        out[key] = hint
+    return MappingProxyType(out)
+
+
+#: Top-level table name → the dataclass describing it (``"edges"`` → one entry's).
+SECTIONS: Mapping[str, type[DataclassInstance]] = _section_types()
+
+
+def _default(cls: type[DataclassInstance], name: str) -> Any:
+    """The dataclass default of field ``name``, or ``MISSING`` (a required key)."""
+    f = _fields_of(cls)[name]
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+@cache
+def _fields_of(cls: type[DataclassInstance]) -> Mapping[str, Field[Any]]:
+    return MappingProxyType({f.name: f for f in fields(cls)})
 
 
 # ----------------------------------------------------------------------------------------
@@ -351,6 +464,86 @@ def parse_config(text: str, path: str = "<config>", *, base_dir: Path | None = N
     return _Loader(path, base_dir or Path.cwd()).build(doc)
 
 
+#: A value parser: ``(value from TOML, dotted key for errors) -> typed value``.
+_Parse = Callable[[Any, str], _T]
+
+
+class _Table(Generic[_S]):
+    """One TOML table read against the dataclass that describes it.
+
+    The keys allowed, their TOML spelling and their defaults all come from the fields
+    of ``cls`` (:func:`section_keys`); a value parser runs only for a key the file sets.
+    Every key field must be read exactly through :meth:`get` (or :meth:`build`):
+    :meth:`done` checks that, because a field no code reads would be a key the file may
+    set and the proxy silently ignores, the very thing refusing unknown keys prevents.
+    """
+
+    def __init__(self, loader: _Loader, raw: Any, where: str, cls: type[_S]) -> None:
+        if not isinstance(raw, dict):
+            raise loader.error(where, "expected a table")
+        self.loader = loader
+        self.raw: Mapping[str, Any] = raw
+        self.where = where
+        self.cls = cls
+        keys = section_keys(cls)
+        self.key: dict[str, str] = {}  # field → its (first) TOML key
+        for key, name in keys.items():
+            self.key.setdefault(name, key)
+        self.read: set[str] = set()
+        for key in raw:
+            if key not in keys:
+                raise loader.error(
+                    self.dotted(key), f"unknown key; expected one of {', '.join(keys)}"
+                )
+
+    def dotted(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def path(self, name: str) -> str:
+        """The dotted key of field ``name`` (``probe.timeout_s``), for errors."""
+        return self.dotted(self.key[name])
+
+    def __contains__(self, name: object) -> bool:
+        """True when the file sets the key of field ``name``."""
+        return isinstance(name, str) and self.key.get(name, "") in self.raw
+
+    def get(self, name: str, parse: _Parse[_T], absent: Callable[[], _T] | None = None) -> _T:
+        """Field ``name``: its key parsed, else ``absent()``, else the dataclass default.
+
+        Raises:
+            ConfigError: the value is invalid, or the key is required and missing.
+        """
+        self.read.add(name)
+        if name in self:
+            return parse(self.raw[self.key[name]], self.path(name))
+        if absent is not None:
+            return absent()
+        default = _default(self.cls, name)
+        if default is MISSING:
+            what = "key" if self.where else "section"
+            raise self.loader.error(self.path(name), f"required {what} missing")
+        value: _T = default
+        return value
+
+    def build(self, **parsers: _Parse[Any]) -> _S:
+        """``cls`` from one parser per key field (an absent key gets its default)."""
+        value = self.cls(**{name: self.get(name, parse) for name, parse in parsers.items()})
+        self.done()
+        return value
+
+    def require(self) -> None:
+        """Refuse the table when any key without a default is missing, before reading."""
+        for name in self.key:
+            if name not in self and _default(self.cls, name) is MISSING:
+                what = "key" if self.where else "section"
+                raise self.loader.error(self.path(name), f"required {what} missing")
+
+    def done(self) -> None:
+        unread = set(self.key) - self.read
+        if unread:  # a programming error, seen by the first test that loads this table
+            raise TypeError(f"{self.cls.__name__}: no parser for {sorted(unread)}")
+
+
 class _Loader:
     """Walks the TOML document once; knows the file name for every error it raises."""
 
@@ -365,77 +558,61 @@ class _Loader:
     def warn(self, key: str, text: str) -> None:
         self.warnings.append(f"{key}: {text}")
 
-    # -- typed access -------------------------------------------------------------------
+    # -- typed values (all parsers take the value and its dotted key) --------------------
 
-    def table(
-        self, doc: Mapping[str, Any], key: str, where: str, allowed: Iterable[str]
-    ) -> dict[str, Any]:
-        """``doc[key]`` as a table (empty when absent), unknown keys refused."""
-        value = doc.get(key, {})
-        if not isinstance(value, dict):
-            raise self.error(where, "expected a table")
-        self.known(value, where, allowed)
-        return value
-
-    def known(self, table: Mapping[str, Any], where: str, allowed: Iterable[str]) -> None:
-        allowed = tuple(allowed)
-        for key in table:
-            if key not in allowed:
-                raise self.error(
-                    f"{where}.{key}" if where else key,
-                    f"unknown key; expected one of {', '.join(allowed)}",
-                )
-
-    def get(
-        self,
-        table: Mapping[str, Any],
-        key: str,
-        where: str,
-        kind: type[_T],
-        default: _T | None = None,
-    ) -> _T:
-        if key not in table:
-            if default is None:
-                raise self.error(f"{where}.{key}", "required key missing")
-            return default
-        value = table[key]
+    def typed(self, value: Any, key: str, kind: type[_T]) -> _T:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         # bool is an int subclass: `down_after = true` must not pass as 1.
         if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
-            raise self.error(f"{where}.{key}", f"expected {_kind_name(kind)}, got {value!r}")
+            raise self.error(key, f"expected {_kind_name(kind)}, got {value!r}")
         return value
 
-    def positive(self, table: Mapping[str, Any], key: str, where: str, default: float) -> float:
-        value = self.get(table, key, where, float, default)
-        if not value > 0:
-            raise self.error(f"{where}.{key}", f"must be positive, got {value}")
-        return value
+    def flag(self, value: Any, key: str) -> bool:
+        return self.typed(value, key, bool)
 
-    def count(self, table: Mapping[str, Any], key: str, where: str, default: int) -> int:
-        value = self.get(table, key, where, int, default)
-        if value < 1:
-            raise self.error(f"{where}.{key}", f"must be at least 1, got {value}")
-        return value
+    def number(self, value: Any, key: str) -> float:
+        return self.typed(value, key, float)
 
-    def items(
-        self,
-        table: Mapping[str, Any],
-        key: str,
-        where: str,
-        parse: Callable[[Any, str], _T],
-        default: list[Any] | None = None,
-    ) -> tuple[_T, ...]:
-        raw = self.get(table, key, where, list, default)
-        out = tuple(parse(item, f"{where}.{key}[{i}]") for i, item in enumerate(raw))
-        if len(set(out)) != len(out):
-            raise self.error(f"{where}.{key}", "duplicate entries")
-        return out
+    def positive(self, value: Any, key: str) -> float:
+        number = self.number(value, key)
+        if not number > 0:
+            raise self.error(key, f"must be positive, got {number}")
+        return number
+
+    def count(self, value: Any, key: str) -> int:
+        number = self.typed(value, key, int)
+        if number < 1:
+            raise self.error(key, f"must be at least 1, got {number}")
+        return number
 
     def string(self, value: Any, key: str) -> str:
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {value!r}")
         return value.strip()
+
+    def choice(self, options: tuple[str, ...]) -> _Parse[str]:
+        """A parser for one of ``options`` (case-insensitive)."""
+
+        def parse(value: Any, key: str) -> str:
+            word = self.typed(value, key, str).strip().lower()
+            if word not in options:
+                raise self.error(key, f"{word!r}: expected one of {', '.join(options)}")
+            return word
+
+        return parse
+
+    def items(self, parse: _Parse[_T]) -> _Parse[tuple[_T, ...]]:
+        """A parser for a list whose items ``parse`` reads (duplicates refused)."""
+
+        def parse_list(value: Any, key: str) -> tuple[_T, ...]:
+            raw = self.typed(value, key, list)
+            out = tuple(parse(item, f"{key}[{i}]") for i, item in enumerate(raw))
+            if len(set(out)) != len(out):
+                raise self.error(key, "duplicate entries")
+            return out
+
+        return parse_list
 
     # -- value parsers ------------------------------------------------------------------
 
@@ -527,140 +704,162 @@ class _Loader:
             path = self.base_dir / path
         return str(path)
 
-    # -- sections -----------------------------------------------------------------------
-
-    def build(self, doc: Mapping[str, Any]) -> Config:
-        self.known(
-            doc,
-            "",
-            (
-                "inside",
-                "outside",
-                "edges",
-                "inbound",
-                "tls",
-                "timers",
-                "probe",
-                "failover",
-                "admin",
-                "log",
-            ),
-        )
-        for required in ("inside", "outside", "edges"):
-            if required not in doc:
-                raise self.error(required, "required section missing")
-        inside = self.inside(doc)
-        outside = self.outside(doc)
-        edges = self.edges(doc, outside)
-        config = Config(
-            path=self.path,
-            inside=inside,
-            outside=outside,
-            edges=edges,
-            inbound=self.inbound(doc),
-            tls=self.tls(doc),
-            timers=self.timers(doc),
-            probe=self.probe(doc, edges),
-            failover=self.failover(doc),
-            admin=self.admin(doc),
-            log=self.log(doc),
-        )
-        self.check_tls(config)
-        return replace(config, warnings=tuple(self.warnings))
-
-    def inside(self, doc: Mapping[str, Any]) -> InsideConfig:
-        t = self.table(doc, "inside", "inside", ("listen", "allow", "pbx"))
-        listen = self.items(t, "listen", "inside", self.listen)
+    def listeners(self, value: Any, key: str) -> tuple[Endpoint, ...]:
+        listen = self.items(self.listen)(value, key)
         if not listen:
-            raise self.error("inside.listen", "at least one listener is required")
-        allow = self.items(t, "allow", "inside", self.network, [])
-        if not allow:
-            self.warn("inside.allow", "empty: no PBX may place calls")
-        return InsideConfig(
-            listen, allow, self.pbx(self.get(t, "pbx", "inside", str), "inside.pbx")
-        )
+            raise self.error(key, "at least one listener is required")
+        return listen
 
-    def outside(self, doc: Mapping[str, Any]) -> OutsideConfig:
-        t = self.table(doc, "outside", "outside", ("listen", "domain", "allow_public"))
-        listen = self.items(t, "listen", "outside", self.listen)
-        if not listen:
-            raise self.error("outside.listen", "at least one listener is required")
-        domain = self.get(t, "domain", "outside", str).strip().lower()
+    def domain(self, value: Any, key: str) -> str:
+        domain = self.typed(value, key, str).strip().lower()
         if domain.endswith(".sip.twilio.com"):
-            self.warn("outside.domain", f"{domain!r} reduced to its unique part")
+            self.warn(key, f"{domain!r} reduced to its unique part")
             domain = domain[: -len(".sip.twilio.com")]
         if not _is_label(domain):
             raise self.error(
-                "outside.domain",
-                f"{domain!r} must be one DNS label: the unique part of <domain>.sip.twilio.com",
+                key, f"{domain!r} must be one DNS label: the unique part of <domain>.sip.twilio.com"
             )
-        allow_public = self.get(t, "allow_public", "outside", bool, False)
-        return OutsideConfig(listen, domain, allow_public)
+        return domain
 
-    def edges(self, doc: Mapping[str, Any], outside: OutsideConfig) -> tuple[EdgeConfig, ...]:
-        raw = doc["edges"]
-        if not isinstance(raw, list) or not raw:
-            raise self.error("edges", "expected one or more [[edges]] tables")
-        edges: list[EdgeConfig] = []
-        for i, entry in enumerate(raw):
-            where = f"edges[{i}]"
-            if not isinstance(entry, dict):
-                raise self.error(where, "expected a table")
-            edges.append(self.edge(entry, where, outside))
-        names = [e.name for e in edges]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                raise self.error(f"edges[{i}].name", f"edge {name!r} is listed twice")
-        return tuple(edges)
-
-    def edge(self, t: Mapping[str, Any], where: str, outside: OutsideConfig) -> EdgeConfig:
-        self.known(t, where, ("name", "gateways", "transport", "weights"))
-        given = self.get(t, "name", where, str)
-        match = self.catalogue_edge(given, f"{where}.name")
-        edge = match.edge
-        transport = self.get(t, "transport", where, str, "udp").strip().lower()
+    def transport(self, value: Any, key: str) -> str:
+        transport = self.typed(value, key, str).strip().lower()
         if transport not in TRANSPORTS:
-            raise self.error(f"{where}.transport", f"{transport!r}: expected udp, tcp or tls")
-        if "gateways" in t:
-            targets = self.items(t, "gateways", where, self.gateway)
-            if not targets:
-                raise self.error(f"{where}.gateways", "empty; omit the key for Twilio's list")
-            from_catalogue = False
-        else:
-            targets = tuple((str(ip), edge.port(transport)) for ip in edge.signalling_ips)
-            from_catalogue = True
-        weights = self.weights(t, where, len(targets))
-        gateways = tuple(
-            GatewayConfig(host, port, transport, w)
-            for (host, port), w in zip(targets, weights, strict=True)
-        )
-        for j, gw in enumerate(gateways):
-            self.check_target(gw, edge.name, f"{where}.gateways[{j}]", outside.allow_public)
-        try:
-            domain = load_catalogue().localized_domain(outside.domain, edge.name)
-        except CatalogueError as exc:
-            raise self.error("outside.domain", exc.reason) from exc
-        return EdgeConfig(edge.name, edge.region, transport, gateways, domain, from_catalogue)
+            raise self.error(key, f"{transport!r}: expected udp, tcp or tls")
+        return transport
 
-    def catalogue_edge(self, name: str, key: str) -> EdgeMatch:
+    def targets(self, value: Any, key: str) -> tuple[tuple[str, int | None], ...]:
+        targets = self.items(self.gateway)(value, key)
+        if not targets:
+            raise self.error(key, "empty; omit the key for Twilio's list")
+        return targets
+
+    def healthy_codes(self, value: Any, key: str) -> frozenset[int]:
+        codes = frozenset[int]().union(*self.items(self.status_class)(value, key))
+        if not codes:
+            raise self.error(key, "at least one code is required")
+        return codes
+
+    def jitter(self, value: Any, key: str) -> float:
+        jitter = self.number(value, key)
+        if not 0 <= jitter <= 0.5:
+            raise self.error(key, f"{jitter}: expected 0–0.5")
+        return jitter
+
+    def failover_codes(self, value: Any, key: str) -> frozenset[int]:
+        return frozenset(self.items(self.failover_code)(value, key))
+
+    def reject_policy(self, value: Any, key: str) -> RejectPolicy:
+        # `403` may be written as a number; `true` is an int too and is not a policy.
+        text = str(value) if isinstance(value, int | str) and value is not True else value
+        if text not in ("drop", "403"):
+            raise self.error(key, f"{text!r}: expected 'drop' or '403'")
+        return "drop" if text == "drop" else "403"
+
+    def admin_listen(self, value: Any, key: str) -> Endpoint:
+        text = self.string(value, key)
+        host, port = self.hostport(text, key, None, allow_zero=True)
+        if not _is_ip(host):
+            raise self.error(key, f"{text!r}: needs an IP address, not a name")
+        return Endpoint("tcp", host, port)
+
+    def catalogue_edge(self, value: Any, key: str) -> EdgeMatch:
         """The one call into the Twilio catalogue for edge names (legacy ids warn)."""
         try:
-            match = load_catalogue().edge(name)
+            match = load_catalogue().edge(self.typed(value, key, str))
         except CatalogueError as exc:
             raise self.error(key, exc.reason) from exc
         if match.warning is not None:
             self.warn(key, match.warning)
         return match
 
-    def weights(self, t: Mapping[str, Any], where: str, n: int) -> tuple[int, ...]:
-        if "weights" not in t:
-            return (1,) * n
-        weights = self.get(t, "weights", where, list)
+    # -- sections (each reads one table against its dataclass) --------------------------
+
+    def build(self, doc: Mapping[str, Any]) -> Config:
+        t = _Table(self, doc, "", Config)
+        t.require()  # name every missing section before complaining inside one
+        inside = t.get("inside", self.inside)
+        outside = t.get("outside", self.outside)
+        config = Config(
+            path=self.path,
+            inside=inside,
+            outside=outside,
+            edges=t.get("edges", lambda value, key: self.edges(value, key, outside)),
+            inbound=t.get("inbound", self.inbound),
+            tls=t.get("tls", self.tls),
+            timers=t.get("timers", self.timers),
+            probe=t.get("probe", self.probe),
+            failover=t.get("failover", self.failover),
+            admin=t.get("admin", self.admin),
+            log=t.get("log", self.log),
+            daemon=t.get("daemon", self.daemon),
+        )
+        t.done()
+        self.check_probe(config)
+        self.check_tls(config)
+        return replace(config, warnings=tuple(self.warnings))
+
+    def inside(self, raw: Any, where: str) -> InsideConfig:
+        t = _Table(self, raw, where, InsideConfig)
+        inside = t.build(listen=self.listeners, allow=self.items(self.network), pbx=self.pbx)
+        if not inside.allow:
+            self.warn(t.path("allow"), "empty: no PBX may place calls")
+        return inside
+
+    def outside(self, raw: Any, where: str) -> OutsideConfig:
+        t = _Table(self, raw, where, OutsideConfig)
+        return t.build(listen=self.listeners, domain=self.domain, allow_public=self.flag)
+
+    def edges(self, raw: Any, where: str, outside: OutsideConfig) -> tuple[EdgeConfig, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise self.error(where, "expected one or more [[edges]] tables")
+        edges = tuple(self.edge(entry, f"{where}[{i}]", outside) for i, entry in enumerate(raw))
+        names = [e.name for e in edges]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise self.error(f"{where}[{i}].name", f"edge {name!r} is listed twice")
+        return edges
+
+    def edge(self, raw: Any, where: str, outside: OutsideConfig) -> EdgeConfig:
+        t = _Table(self, raw, where, EdgeConfig)
+        edge = t.get("name", self.catalogue_edge).edge
+        transport = t.get("transport", self.transport)
+        targets = t.get(
+            "gateways",
+            self.targets,
+            absent=lambda: tuple((str(ip), edge.port(transport)) for ip in edge.signalling_ips),
+        )
+        weights = self.weights(t, len(targets))
+        gateways = tuple(
+            GatewayConfig(host, port, transport, w)
+            for (host, port), w in zip(targets, weights, strict=True)
+        )
+        for j, gw in enumerate(gateways):
+            self.check_target(gw, edge.name, f"{t.path('gateways')}[{j}]", outside.allow_public)
+        try:
+            domain = load_catalogue().localized_domain(outside.domain, edge.name)
+        except CatalogueError as exc:
+            raise self.error("outside.domain", exc.reason) from exc
+        t.done()
+        return EdgeConfig(
+            name=edge.name,
+            region=edge.region,
+            transport=transport,
+            gateways=gateways,
+            localized_domain=domain,
+            from_catalogue="gateways" not in t,
+        )
+
+    def weights(self, t: _Table[EdgeConfig], n: int) -> tuple[int, ...]:
+        """``weights``: one per gateway; absent, every gateway has the default weight."""
+        if "weights" not in t.raw:
+            return (_default(GatewayConfig, "weight"),) * n
+        key = t.dotted("weights")
+        weights = self.typed(t.raw["weights"], key, list)
         if len(weights) != n:
-            raise self.error(f"{where}.weights", f"{len(weights)} weights for {n} gateways")
+            raise self.error(key, f"{len(weights)} weights for {n} gateways")
         for j, w in enumerate(weights):
             if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-                raise self.error(f"{where}.weights[{j}]", f"expected an integer ≥ 1, got {w!r}")
+                raise self.error(f"{key}[{j}]", f"expected an integer ≥ 1, got {w!r}")
         return tuple(weights)
 
     def check_target(self, gw: GatewayConfig, edge: str, key: str, allow_public: bool) -> None:
@@ -680,19 +879,13 @@ class _Loader:
             # get calls addressed to the wrong localized domain.
             self.warn(key, f"{gw.host} is a gateway of {owner.name}, listed under {edge}")
 
-    def inbound(self, doc: Mapping[str, Any]) -> InboundConfig:
-        t = self.table(doc, "inbound", "inbound", ("strip_edge_params", "reject_unknown"))
-        strip = self.get(t, "strip_edge_params", "inbound", bool, False)
-        reject = t.get("reject_unknown", "drop")
-        reject = str(reject) if isinstance(reject, int | str) and reject is not True else reject
-        if reject not in ("drop", "403"):
-            raise self.error("inbound.reject_unknown", f"{reject!r}: expected 'drop' or '403'")
-        return InboundConfig(strip, "drop" if reject == "drop" else "403")
+    def inbound(self, raw: Any, where: str) -> InboundConfig:
+        t = _Table(self, raw, where, InboundConfig)
+        return t.build(strip_edge_params=self.flag, reject_unknown=self.reject_policy)
 
-    def tls(self, doc: Mapping[str, Any]) -> TlsConfig:
-        t = self.table(doc, "tls", "tls", ("cafile", "certfile", "keyfile"))
-        files = {k: self.file(t[k], f"tls.{k}") if k in t else None for k in t}
-        return TlsConfig(files.get("cafile"), files.get("certfile"), files.get("keyfile"))
+    def tls(self, raw: Any, where: str) -> TlsConfig:
+        t = _Table(self, raw, where, TlsConfig)
+        return t.build(cafile=self.file, certfile=self.file, keyfile=self.file)
 
     def check_tls(self, config: Config) -> None:
         """TLS anywhere needs a CA bundle; a TLS listener also needs a certificate."""
@@ -704,57 +897,44 @@ class _Loader:
         listens = any(e.transport == "tls" for e in config.listen)
         if listens and tls.certfile is None:
             raise self.error("tls.certfile", "a tls: listener needs a certificate")
-        for key in ("cafile", "certfile", "keyfile"):
+        for key in section_keys(TlsConfig):
             value = getattr(tls, key)
             if value is not None and not Path(value).is_file():
                 raise self.error(f"tls.{key}", f"{value}: no such file")
 
-    def timers(self, doc: Mapping[str, Any]) -> Timers:
-        t = self.table(doc, "timers", "timers", ("t1_s", "t2_s", "t4_s"))
-        t1 = self.positive(t, "t1_s", "timers", 0.5)
-        t2 = self.positive(t, "t2_s", "timers", 4.0)
-        t4 = self.positive(t, "t4_s", "timers", 5.0)
+    def timers(self, raw: Any, where: str) -> Timers:
+        t = _Table(self, raw, where, Timers)
+        # Timers refuses t2 < t1 itself (ValueError); say it with the file's key names.
+        t1, t2 = t.get("t1", self.positive), t.get("t2", self.positive)
         if t2 < t1:
-            raise self.error("timers.t2_s", f"{t2} is smaller than t1_s ({t1})")
-        return Timers(t1=t1, t2=t2, t4=t4)
+            raise self.error(t.path("t2"), f"{t2} is smaller than {t.key['t1']} ({t1})")
+        return t.build(t1=self.positive, t2=self.positive, t4=self.positive)
 
-    def probe(self, doc: Mapping[str, Any], edges: tuple[EdgeConfig, ...]) -> ProbeConfig:
-        keys = (
-            "interval_up_s",
-            "interval_down_s",
-            "timeout_s",
-            "down_after",
-            "up_after",
-            "healthy_codes",
-            "jitter_fraction",
-            "retry_after_max_s",
-        )
-        t = self.table(doc, "probe", "probe", keys)
-        d = ProbeConfig()
-        codes: frozenset[int] = frozenset()
-        for part in self.items(t, "healthy_codes", "probe", self.status_class, ["2xx"]):
-            codes |= part
-        if not codes:
-            raise self.error("probe.healthy_codes", "at least one code is required")
-        jitter = self.get(t, "jitter_fraction", "probe", float, d.jitter_fraction)
-        if not 0 <= jitter <= 0.5:
-            raise self.error("probe.jitter_fraction", f"{jitter}: expected 0–0.5")
-        probe = ProbeConfig(
-            interval_up_s=self.positive(t, "interval_up_s", "probe", d.interval_up_s),
-            interval_down_s=self.positive(t, "interval_down_s", "probe", d.interval_down_s),
-            timeout_s=self.positive(t, "timeout_s", "probe", d.timeout_s),
-            down_after=self.count(t, "down_after", "probe", d.down_after),
-            up_after=self.count(t, "up_after", "probe", d.up_after),
-            healthy_codes=codes,
-            jitter_fraction=jitter,
-            retry_after_max_s=self.positive(t, "retry_after_max_s", "probe", d.retry_after_max_s),
+    def probe(self, raw: Any, where: str) -> ProbeConfig:
+        t = _Table(self, raw, where, ProbeConfig)
+        probe = t.build(
+            interval_up_s=self.positive,
+            interval_down_s=self.positive,
+            timeout_s=self.positive,
+            down_after=self.count,
+            up_after=self.count,
+            healthy_codes=self.healthy_codes,
+            jitter_fraction=self.jitter,
+            retry_after_max_s=self.positive,
         )
         fastest = min(probe.interval_up_s, probe.interval_down_s)
         if probe.timeout_s > fastest:
-            self.warn("probe.timeout_s", f"{probe.timeout_s} s exceeds a probe interval")
+            self.warn(t.path("timeout_s"), f"{probe.timeout_s} s exceeds a probe interval")
+        return probe
+
+    def check_probe(self, config: Config) -> None:
+        """Twilio's probing etiquette, which depends on where the gateways are."""
+        probe = config.probe
         catalogue = load_catalogue()
         reaches_twilio = any(
-            catalogue.classify_twilio_host(gw.host) != "other" for e in edges for gw in e.gateways
+            catalogue.classify_twilio_host(gw.host) != "other"
+            for e in config.edges
+            for gw in e.gateways
         )
         # Steady state only: a DOWN gateway is probed faster on purpose (issue 4 default 5 s).
         if reaches_twilio and probe.interval_up_s < _TWILIO_MIN_PROBE_INTERVAL_S:
@@ -763,31 +943,22 @@ class _Loader:
                 f"probing Twilio every {probe.interval_up_s:g} s; Twilio asks for at most one "
                 "ping per 10–15 s per gateway",
             )
-        return probe
 
-    def failover(self, doc: Mapping[str, Any]) -> FailoverConfig:
-        t = self.table(doc, "failover", "failover", ("no_provisional_timeout_s", "codes"))
-        d = FailoverConfig()
-        timeout = self.positive(t, "no_provisional_timeout_s", "failover", 4.0)
-        codes = self.items(t, "codes", "failover", self.failover_code, sorted(d.codes))
-        return FailoverConfig(timeout, frozenset(codes))
+    def failover(self, raw: Any, where: str) -> FailoverConfig:
+        t = _Table(self, raw, where, FailoverConfig)
+        return t.build(no_provisional_timeout_s=self.positive, codes=self.failover_codes)
 
-    def admin(self, doc: Mapping[str, Any]) -> AdminConfig:
-        t = self.table(doc, "admin", "admin", ("listen",))
-        if "listen" not in t:
-            return AdminConfig()
-        text = self.string(t["listen"], "admin.listen")
-        host, port = self.hostport(text, "admin.listen", None, allow_zero=True)
-        if not _is_ip(host):
-            raise self.error("admin.listen", f"{text!r}: needs an IP address, not a name")
-        return AdminConfig(Endpoint("tcp", host, port))
+    def admin(self, raw: Any, where: str) -> AdminConfig:
+        t = _Table(self, raw, where, AdminConfig)
+        return t.build(listen=self.admin_listen)
 
-    def log(self, doc: Mapping[str, Any]) -> LogConfig:
-        t = self.table(doc, "log", "log", ("level",))
-        level = self.get(t, "level", "log", str, "info").strip().lower()
-        if level not in _LOG_LEVELS:
-            raise self.error("log.level", f"{level!r}: expected one of {', '.join(_LOG_LEVELS)}")
-        return LogConfig(level)
+    def log(self, raw: Any, where: str) -> LogConfig:
+        t = _Table(self, raw, where, LogConfig)
+        return t.build(level=self.choice(_LOG_LEVELS), format=self.choice(LOG_FORMATS))
+
+    def daemon(self, raw: Any, where: str) -> DaemonConfig:
+        t = _Table(self, raw, where, DaemonConfig)
+        return t.build(drain_timeout_s=self.positive)
 
 
 def _kind_name(kind: type) -> str:
@@ -845,11 +1016,45 @@ def _is_dns_name(text: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------
+# The core's settings (house.md layer 3: config builds them, the core never sees TOML)
+
+
+def build_settings(config: Config) -> ProxySettings:
+    """The proxy core's typed settings from a validated config.
+
+    Args:
+        config: a validated configuration.
+
+    Returns:
+        The settings ``ProxyCore`` runs on.
+    """
+    return ProxySettings(
+        inside=config.inside.listen,
+        outside=config.outside.listen,
+        inside_allow=tuple(config.inside.allow),
+        pbx=config.inside.pbx,
+        domain=config.outside.domain,
+        strip_edge_params=config.inbound.strip_edge_params,
+        reject_unknown=RejectUnknown(config.inbound.reject_unknown),
+        timers=config.timers,
+        failover_codes=config.failover.codes,
+        no_provisional_timeout_s=config.failover.no_provisional_timeout_s,
+        probe_timeout_s=config.probe.timeout_s,
+        # About twice the down-probe interval: by then a recovered gateway is seen UP.
+        retry_after_s=max(1, round(2 * config.probe.interval_down_s)),
+    )
+
+
+# ----------------------------------------------------------------------------------------
 # Summary for `sipedge check`
 
 
 def summary(config: Config) -> str:
     """What ``sipedge check`` prints: listeners, domain, edges, probing, warnings.
+
+    The sections with a line of their own are worded by hand; every other section
+    (``[log]``, ``[daemon]``, and any section added later) is listed from its fields as
+    ``key value, ...``. No value here is a default: all of them come from ``config``.
 
     Args:
         config: a validated configuration.
@@ -896,9 +1101,26 @@ def summary(config: Config) -> str:
         lines.append(f"tls: CA {config.tls.cafile}, certificate {config.tls.certfile or '-'}")
     admin = str(config.admin.listen.hostport) if config.admin.listen else "off"
     lines.append(f"admin: {admin}")
-    lines.append(f"log: {config.log.level}")
+    for key, name in section_keys(Config).items():
+        if key not in _WORDED_SECTIONS:
+            lines.append(f"{key}: {_fields_text(getattr(config, name))}")
     lines.extend(f"warning: {w}" for w in config.warnings)
     return "\n".join(lines)
+
+
+#: The sections ``summary`` words by hand (``edges`` as one line per edge).
+_WORDED_SECTIONS = frozenset(
+    {"inside", "outside", "edges", "probe", "failover", "timers", "inbound", "tls", "admin"}
+)
+
+
+def _fields_text(section: DataclassInstance) -> str:
+    """``key value, key value`` in field order, with the file's key names."""
+    parts = []
+    for key, name in section_keys(type(section)).items():
+        value = getattr(section, name)
+        parts.append(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}")
+    return ", ".join(parts)
 
 
 def _codes_text(codes: frozenset[int]) -> str:

@@ -18,13 +18,12 @@ import socket
 from collections.abc import Mapping
 
 from sipedge.admin import AdminServer
-from sipedge.config import Config, GatewayConfig
+from sipedge.config import Config, GatewayConfig, build_settings
 from sipedge.eventlog import EventLogger
 from sipedge.gateway.health import HealthPolicy, ReplyCodes
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
 from sipedge.proxy.core import ProxyCore
-from sipedge.proxy.settings import ProxySettings, RejectUnknown
 from sipedge.sip.address import Endpoint
 from sipedge.transport import TlsSettings, Transports
 from sipedge.transport.base import TransportError
@@ -109,25 +108,6 @@ def _targets(gw: GatewayConfig,
 def probed_ids(pool: GatewayPool) -> list[str]:
     """Gateways to probe: all but DNS placeholders (a send to a name would block)."""
     return [g.id for g in pool.gateways() if not is_placeholder(g)]
-
-
-def build_settings(config: Config) -> ProxySettings:
-    """The core's typed settings from a validated config."""
-    return ProxySettings(
-        inside=config.inside.listen,
-        outside=config.outside.listen,
-        inside_allow=tuple(config.inside.allow),
-        pbx=config.inside.pbx,
-        domain=config.outside.domain,
-        strip_edge_params=config.inbound.strip_edge_params,
-        reject_unknown=RejectUnknown(config.inbound.reject_unknown),
-        timers=config.timers,
-        failover_codes=config.failover.codes,
-        no_provisional_timeout_s=config.failover.no_provisional_timeout_s,
-        probe_timeout_s=config.probe.timeout_s,
-        # About twice the down-probe interval: by then a recovered gateway is seen UP.
-        retry_after_s=max(1, round(2 * config.probe.interval_down_s)),
-    )
 
 
 def build_core(config: Config, now: float,

@@ -1,21 +1,108 @@
-"""Logging for the daemon: stderr lines for journald, rate-limited operator facts."""
+"""Logging for the daemon: one record per line on stderr, text or JSON; rate-limited facts.
+
+``text`` is ``asctime level logger: message``. Under systemd's journal (``JOURNAL_STREAM``
+in the environment) the time is left out, since the journal stamps every line itself
+and two timestamps per line only disagree. ``json`` is one object per line for log
+shippers: ``ts`` (ISO 8601 UTC, milliseconds; kept under the journal too, because it is
+machine-read), ``level``, ``logger``, ``msg``, then the structured fields a caller passes
+as ``extra={"fields": {...}}`` (call events pass ``call_id``, ``direction``, ``edge``,
+``gateway``, ``code``, ``answer_s``), and ``exc`` with the traceback when there is one.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
 
-__all__ = ["RateLimitedLogger", "setup_logging"]
+__all__ = [
+    "LOG_FORMATS",
+    "JsonFormatter",
+    "LogFormat",
+    "RateLimitedLogger",
+    "make_formatter",
+    "setup_logging",
+]
+
+#: The values of ``[log] format`` and ``sipedge run --log-format`` (config reads them here).
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+
+_TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_TEXT_UNDER_JOURNAL = "%(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(level: str) -> None:
-    """Plain single-line records on stderr (systemd's journal adds time and unit)."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``ts``, ``level``, ``logger``, ``msg``, fields, ``exc``.
+
+    The structured fields of ``extra={"fields": {...}}`` are merged at the top level; they
+    never replace the four keys every line has. Values JSON cannot encode are written as
+    their ``str()`` (an ``Endpoint`` as ``udp:127.0.0.1:5060``).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        out: dict[str, Any] = {
+            "ts": ts.replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            for key, value in fields.items():
+                out.setdefault(str(key), value)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        # json.dumps escapes newlines inside strings, so a record stays one line.
+        return json.dumps(out, default=str)
+
+
+def make_formatter(fmt: str, environ: Mapping[str, str] = os.environ) -> logging.Formatter:
+    """The formatter for ``fmt``, ``text`` or ``json``.
+
+    Args:
+        fmt: one of :data:`LOG_FORMATS`.
+        environ: where to look for ``JOURNAL_STREAM`` (set by systemd when stderr goes to
+            the journal); ``text`` then omits the time.
+
+    Returns:
+        A ``logging.Formatter``.
+
+    Raises:
+        ValueError: ``fmt`` is not a known format.
+    """
+    if fmt == "json":
+        return JsonFormatter()
+    if fmt == "text":
+        return logging.Formatter(_TEXT_UNDER_JOURNAL if "JOURNAL_STREAM" in environ else _TEXT)
+    raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Send every record at ``level`` or above to stderr, one per line, as ``fmt``.
+
+    Args:
+        level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``.
+        fmt: ``text`` or ``json`` (see the module docstring).
+
+    Raises:
+        ValueError: unknown ``level`` or ``fmt``.
+    """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(make_formatter(fmt))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    root.handlers[:] = [handler]
 
 
 class RateLimitedLogger:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sipedge.cli import EX_CONFIG, main
+from sipedge.cli import EX_CONFIG, _parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,3 +36,38 @@ def test_run_refuses_bad_config_before_binding(
         "[inside]", "[inside]\nbogus = 1", 1))
     assert main(["run", "--config", str(bad)]) == EX_CONFIG
     assert "inside.bogus" in capsys.readouterr().err
+
+
+def test_run_parses_log_format() -> None:
+    args = _parser().parse_args(["run", "--config", "x.toml", "--log-format", "json"])
+    assert args.log_format == "json"
+    assert _parser().parse_args(["run", "--config", "x.toml"]).log_format is None
+
+
+def test_run_refuses_an_unknown_log_format(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        _parser().parse_args(["run", "--config", "x.toml", "--log-format", "xml"])
+    assert info.value.code == 2
+    assert "--log-format" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "file_format", "expected"),
+    [
+        ([], "json", ("info", "json")),  # [log] format from the file
+        (["--log-format", "text"], "json", ("info", "text")),  # the flag wins
+        (["--log-format", "json", "--log-level", "debug"], "text", ("debug", "json")),
+    ],
+)
+def test_run_passes_the_log_format_to_setup_logging(
+        argv: list[str], file_format: str, expected: tuple[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "lab.toml"
+    conf.write_text((ROOT / "conf" / "lab.toml").read_text()
+                    + f'\n[log]\nformat = "{file_format}"\n')
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr("sipedge.logs.setup_logging",
+                        lambda level, fmt="text": calls.append((level, fmt)))
+    monkeypatch.setattr("sipedge.daemon.run", lambda config: 0)
+    assert main(["run", "--config", str(conf), *argv]) == 0
+    assert calls == [expected]

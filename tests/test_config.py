@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import trustme
 
 from sipedge.config import (
+    SECTIONS,
     Config,
     ConfigError,
+    EdgeConfig,
+    ProbeConfig,
     load_config,
     parse_config,
+    section_keys,
     summary,
 )
 from sipedge.sip.address import Endpoint
+from sipedge.sip.timers import Timers
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "conf" / "lab.toml"
@@ -466,3 +473,117 @@ def test_config_is_frozen_and_reload_is_a_new_value() -> None:
     assert a == b and a is not b
     with pytest.raises(AttributeError):
         a.inside = b.inside  # type: ignore[misc]
+
+
+# -- one source per key: the dataclasses are the schema (issue 11) -------------------------
+
+
+def documented_keys(path: Path) -> dict[str, set[str]]:
+    """Section → keys shown in an annotated file, set or commented out (``# key = …``)."""
+    keys: dict[str, set[str]] = {}
+    section: str | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        header = re.match(r"\[\[?(\w+)\]\]?", line)
+        if header:
+            section = header.group(1)
+            keys.setdefault(section, set())
+            continue
+        key = re.match(r"#?\s*(\w+)\s*=", line)
+        if key and section is not None:
+            keys[section].add(key.group(1))
+    return keys
+
+
+def test_annotated_config_documents_exactly_the_dataclass_fields() -> None:
+    documented = documented_keys(EXAMPLE)
+    assert set(documented) == set(SECTIONS) == set(section_keys(Config))
+    for section, cls in SECTIONS.items():
+        assert documented[section] == set(section_keys(cls)), section
+
+
+def test_section_keys_come_from_fields_with_metadata() -> None:
+    assert list(section_keys(Timers)) == ["t1_s", "t2_s", "t4_s"]
+    edge = section_keys(EdgeConfig)
+    assert edge["weights"] == "gateways" and "region" not in edge  # "also" and a derived field
+    assert "path" not in section_keys(Config) and "warnings" not in section_keys(Config)
+    assert dict(section_keys(ProbeConfig)) == {f.name: f.name for f in fields(ProbeConfig)}
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_unknown_key_lists_the_allowed_keys_of_its_section(section: str) -> None:
+    if section == "edges":
+        err, where = error(edge_extra='gateways = ["127.0.0.64"]\nbogus = 1'), "edges[0]"
+    elif section in ("inside", "outside"):
+        err, where = error(replace=(f"[{section}]", f"[{section}]\nbogus = 1")), section
+    else:
+        err, where = error(rest=f"[{section}]\nbogus = 1"), section
+    assert err.key == f"{where}.bogus"
+    assert err.reason == f"unknown key; expected one of {', '.join(section_keys(SECTIONS[section]))}"
+
+
+def test_absent_sections_and_keys_take_the_dataclass_defaults() -> None:
+    c = cfg()
+    for f in fields(Config):
+        if f.name in SECTIONS and f.name not in ("inside", "outside", "edges"):
+            assert getattr(c, f.name) == SECTIONS[f.name](), f.name
+    assert c.outside.allow_public is False and c.edges[0].transport == "udp"
+    assert c.edges[0].gateways[0].weight == 1
+
+
+def test_example_config_sets_the_default_of_every_defaulted_section() -> None:
+    example = load_config(EXAMPLE)
+    for f in fields(Config):
+        if f.name in SECTIONS and f.name not in ("inside", "outside", "edges", "admin"):
+            assert getattr(example, f.name) == SECTIONS[f.name](), f.name
+
+
+def test_a_field_without_a_parser_is_a_programming_error_not_an_ignored_key() -> None:
+    from sipedge.config import _Loader, _Table
+
+    loader = _Loader("t.toml", ROOT)
+    with pytest.raises(TypeError, match=r"ProbeConfig: no parser for \['up_after'\]"):
+        _Table(loader, {}, "probe", ProbeConfig).build(
+            **{f.name: loader.positive for f in fields(ProbeConfig) if f.name != "up_after"}
+        )
+
+
+# -- [daemon] and [log] format (issue 11) ------------------------------------------------------
+
+
+def test_daemon_and_log_format_defaults() -> None:
+    c = cfg()
+    assert c.daemon.drain_timeout_s == 30.0
+    assert c.log.format == "text"
+    assert "log: level info, format text" in summary(c)
+    assert "daemon: drain_timeout_s 30" in summary(c)
+
+
+def test_daemon_and_log_format_values_parsed() -> None:
+    c = cfg(rest='[daemon]\ndrain_timeout_s = 5\n[log]\nformat = "JSON"')
+    assert c.daemon.drain_timeout_s == 5.0 and isinstance(c.daemon.drain_timeout_s, float)
+    assert c.log.format == "json"
+    assert "daemon: drain_timeout_s 5" in summary(c)
+
+
+@pytest.mark.parametrize(
+    ("rest", "key", "reason"),
+    [
+        ("[daemon]\ndrain_timeout_s = 0", "daemon.drain_timeout_s", "must be positive, got 0.0"),
+        ("[daemon]\ndrain_timeout_s = -3", "daemon.drain_timeout_s", "must be positive, got -3.0"),
+        ("[daemon]\ndrain_timeout_s = '30'", "daemon.drain_timeout_s", "expected a number, got '30'"),
+        ("[daemon]\ndrain_timeout_s = true", "daemon.drain_timeout_s", "expected a number, got True"),
+        ('[log]\nformat = "xml"', "log.format", "'xml': expected one of text, json"),
+        ("[log]\nformat = 1", "log.format", "expected a string, got 1"),
+    ],
+)
+def test_daemon_and_log_format_bad_values_refused(rest: str, key: str, reason: str) -> None:
+    err = error(rest=rest)
+    assert (err.key, err.reason) == (key, reason)
+    assert str(err) == f"test.toml: {key}: {reason}"
+
+
+def test_daemon_unknown_key_refused() -> None:
+    err = error(rest="[daemon]\ndrain_timeout = 3")
+    assert str(err) == (
+        "test.toml: daemon.drain_timeout: unknown key; expected one of drain_timeout_s"
+    )

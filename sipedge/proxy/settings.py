@@ -7,7 +7,7 @@ dicts (house rule 10). A whole ``ProxySettings`` can be swapped on reload.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from sipedge.sip.address import Endpoint
@@ -25,9 +25,14 @@ class RejectUnknown(Enum):
     FORBIDDEN = "403"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProxySettings:
     """Everything the core needs to route and time calls.
+
+    The fields that come from the config file have no defaults here: their defaults
+    live once, in ``sipedge.config``'s dataclasses, and ``config.build_settings`` is
+    the one place that fills them (tests build theirs through it too). Only the
+    fields no file sets keep a default.
 
     Attributes:
         inside: listeners facing the PBX.
@@ -43,6 +48,8 @@ class ProxySettings:
         probe_timeout_s: an OPTIONS probe without a reply in this time is ``TimedOut``.
         retry_after_s: Retry-After on the 503 sent when no gateway is usable.
         max_message_bytes: larger messages are refused with 513.
+        user_agent: a User-Agent value for requests sipedge originates (not read by the
+            core today; probes take theirs from ``gateway.probe``).
     """
 
     inside: tuple[Endpoint, ...]
@@ -50,12 +57,12 @@ class ProxySettings:
     inside_allow: tuple[Network, ...]
     pbx: Endpoint
     domain: str
-    strip_edge_params: bool = False
-    reject_unknown: RejectUnknown = RejectUnknown.DROP
-    timers: Timers = field(default_factory=Timers)
-    failover_codes: frozenset[int] = frozenset({408, 500, 503, 504})
-    no_provisional_timeout_s: float = 4.0
-    probe_timeout_s: float = 2.0
-    retry_after_s: int = 10
+    strip_edge_params: bool
+    reject_unknown: RejectUnknown
+    timers: Timers
+    failover_codes: frozenset[int]
+    no_provisional_timeout_s: float
+    probe_timeout_s: float
+    retry_after_s: int
     max_message_bytes: int = 65535
     user_agent: bytes = b"sipedge"

@@ -23,12 +23,12 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from sipedge.config import Config, InsideConfig, OutsideConfig, build_settings
 from sipedge.gateway.health import Health, HealthPolicy
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
 from sipedge.proxy.core import ProxyCore, Send
 from sipedge.proxy.events import Event
-from sipedge.proxy.settings import ProxySettings
 from sipedge.sip.address import Endpoint
 
 __all__ = [
@@ -177,13 +177,16 @@ class ProxyHarness:
     events: list[Event] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        settings = ProxySettings(
-            inside=(INSIDE,),
-            outside=(OUTSIDE,),
-            inside_allow=(ipaddress.ip_network("127.0.0.1/32"),),
-            pbx=CALLEE,
-            domain=DOMAIN,
+        # The settings the daemon would build from a file giving only the lab's sockets:
+        # every other value is the config's default (one source, sipedge.config).
+        config = Config(
+            path="<harness>",
+            inside=InsideConfig(listen=(INSIDE,), allow=(ipaddress.ip_network("127.0.0.1/32"),),
+                                pbx=CALLEE),
+            outside=OutsideConfig(listen=(OUTSIDE,), domain=DOMAIN),
+            edges=(),
         )
+        settings = build_settings(config)
         self.settings = replace(settings, **self.settings_overrides)  # type: ignore[arg-type]
         groups = [
             [Gateway.make("ashburn-ix", "Virginia", ep, EDGE_HOST["ashburn-ix"]) for ep in VIRGINIA],
