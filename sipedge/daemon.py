@@ -7,6 +7,7 @@ the transports; this module builds them from a validated ``Config`` and runs the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import ipaddress
@@ -15,15 +16,21 @@ import os
 import random
 import signal
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from sipedge.admin import AdminServer
-from sipedge.config import Config, GatewayConfig, build_settings
+from sipedge.config import Config, ConfigError, GatewayConfig, build_settings, load_config
 from sipedge.eventlog import EventLogger
-from sipedge.gateway.health import HealthPolicy, ReplyCodes
+from sipedge.gateway.health import GatewayStateChanged, Health, HealthPolicy, ReplyCodes
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
+from sipedge.lifecycle import Lifecycle, Phase
+from sipedge.metrics import LoopLagMonitor, make_registry, metrics_endpoint
+from sipedge.notify import Notifier
 from sipedge.proxy.core import ProxyCore
+from sipedge.proxy.events import Event
 from sipedge.sip.address import Endpoint
 from sipedge.transport import TlsSettings, Transports
 from sipedge.transport.base import TransportError
@@ -37,7 +44,7 @@ from sipedge.transport.dns import (
 )
 from sipedge.transport.driver import CoreDriver
 
-__all__ = ["build_core", "run"]
+__all__ = ["Daemon", "build_core", "run", "serve", "status_line"]
 
 log = logging.getLogger("sipedge")
 
@@ -164,75 +171,394 @@ def watch_gateways(transports: Transports, core: ProxyCore) -> None:
                            core.listeners.egress(outside=True, transport="udp"))
 
 
-async def serve(config: Config, stop: asyncio.Event, *,
-                resolver: Rfc3263Resolver | None = None) -> int:
-    """Run sipedge until ``stop`` is set. Returns the process exit code.
+def status_line(core: ProxyCore, phase: Phase) -> str:
+    """systemd's STATUS=: "ready: 3/3 ashburn-ix up, 3/3 san-jose-ix up, 12 calls"."""
+    up: dict[str, list[int]] = {}
+    for row in core.pool.snapshot():
+        counts = up.setdefault(row.edge, [0, 0])
+        counts[1] += 1
+        counts[0] += row.state is Health.UP
+    edges = ", ".join(f"{n}/{total} {edge} up" for edge, (n, total) in up.items())
+    calls = core.calls_in_progress
+    return f"{phase.value}: {edges}, {calls} call{'s' if calls != 1 else ''}"
 
-    ``resolver`` overrides the system DNS configuration (tests point it at loopback).
+
+class Daemon:
+    """One sipedge process: the core, its transports, admin API and DNS, and the lifecycle.
+
+    The lifecycle (``sipedge.lifecycle``) is the spine: ``start`` moves STARTING → READY,
+    ``request_reload`` (SIGHUP) READY → RELOADING → READY, ``request_stop`` (SIGTERM) →
+    DRAINING → STOPPED, ``drain``/``undrain`` (admin API) READY ⇄ DRAINING. systemd
+    notifications and the core's drain flag hang off the transitions (``_moved``).
+
+    Args:
+        config: the validated configuration (``config.path`` is re-read on reload).
+        resolver: overrides the system DNS configuration (tests point it at loopback).
+        notifier: systemd notifications (default: from ``NOTIFY_SOCKET``; no-op without).
+        log_level: a ``--log-level`` given on the command line wins over ``[log] level``,
+            on reload too.
     """
-    loop = asyncio.get_running_loop()
-    try:
-        config = await resolve_pbx(config)
-    except OSError as exc:
-        log.error("%s: inside.pbx: cannot resolve %s: %s", config.path,
-                  config.inside.pbx.host, exc)
-        return 68  # EX_NOHOST
-    core = build_core(config, loop.time())
-    driver = CoreDriver(core, loop, EventLogger())
-    tls = None
-    if config.tls.cafile is not None:
-        tls = TlsSettings(cafile=config.tls.cafile, certfile=config.tls.certfile,
-                          keyfile=config.tls.keyfile)
-    sni = _sni_map(core.pool)
-    transports = Transports(driver, tls=tls, sni_for=sni.get)
-    driver.attach(transports)
-    try:
-        await transports.start([*config.inside.listen, *config.outside.listen])
-    except TransportError as exc:
-        log.error("cannot listen: %s", exc)
-        await transports.aclose()
-        return 71  # EX_OSERR
-    watch_gateways(transports, core)
-    admin: AdminServer | None = None
-    if config.admin.listen is not None:
-        admin = AdminServer(driver)
+
+    def __init__(self, config: Config, *, resolver: Rfc3263Resolver | None = None,
+                 notifier: Notifier | None = None, log_level: str | None = None) -> None:
+        self.config = config
+        self.lifecycle = Lifecycle()
+        self.lifecycle.on_move(self._moved)
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self._resolver = resolver
+        self._log_level = log_level
+        self._stopped = asyncio.Event()
+        self._hard_stop = asyncio.Event()
+        self._reload_again = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tick: asyncio.TimerHandle | None = None
+        self.core: ProxyCore | None = None
+        self.driver: CoreDriver | None = None
+        self.transports: Transports | None = None
+        self.admin: AdminServer | None = None
+        self.watcher: NameWatcher | None = None
+        self.lag = LoopLagMonitor()
+        self._sni: dict[Endpoint, str] = {}
+        self._events = EventLogger()
+
+    @property
+    def phase(self) -> Phase:
+        """The current lifecycle phase."""
+        return self.lifecycle.phase
+
+    # -- start and stop -------------------------------------------------------------------
+
+    async def start(self) -> int | None:
+        """Bind everything and send the first probes; None when READY, else an exit code."""
+        loop = asyncio.get_running_loop()
+        config = self.config
         try:
-            await admin.start(config.admin.listen)
+            config = self.config = await resolve_pbx(config)
         except OSError as exc:
-            log.error("cannot listen on admin %s: %s", config.admin.listen.hostport, exc)
+            log.error("%s: inside.pbx: cannot resolve %s: %s", config.path,
+                      config.inside.pbx.host, exc)
+            return self._failed(68)  # EX_NOHOST
+        core = self.core = build_core(config, loop.time())
+        driver = self.driver = CoreDriver(core, loop, self._on_event)
+        tls = None
+        if config.tls.cafile is not None:
+            tls = TlsSettings(cafile=config.tls.cafile, certfile=config.tls.certfile,
+                              keyfile=config.tls.keyfile)
+        self._sni = _sni_map(core.pool)
+        transports = self.transports = Transports(driver, tls=tls, sni_for=self._sni.get)
+        driver.attach(transports)
+        try:
+            await transports.start(config.listen)
+        except TransportError as exc:
+            log.error("cannot listen: %s", exc)
             await transports.aclose()
-            return 71  # EX_OSERR
-    watcher: NameWatcher | None = None
-    queries = dns_queries(config)
-    if queries:
+            return self._failed(71)  # EX_OSERR
+        watch_gateways(transports, core)
+        if config.admin.listen is not None:
+            try:
+                self.admin = await self._start_admin(config.admin.listen)
+            except OSError as exc:
+                log.error("cannot listen on admin %s: %s", config.admin.listen.hostport, exc)
+                await transports.aclose()
+                return self._failed(71)  # EX_OSERR
+        await self._start_dns(config)
+        edges = ", ".join(f"{e.name} ({len(e.gateways)} gateways)" for e in config.edges)
+        log.info("sipedge up: domain %s, edges %s", config.outside.domain, edges)
+        driver.kick()  # the first probes go out now
+        self.lag.start(loop)
+        self.lifecycle.move(Phase.READY)
+        self._schedule_tick()
+        return None
+
+    def _failed(self, code: int) -> int:
+        self.lifecycle.move(Phase.STOPPED)
+        return code
+
+    async def wait_stopped(self) -> int:
+        """Serve until STOPPED is due, then close everything; the exit code (0)."""
+        await self._stopped.wait()
+        await self._close()
+        return 0
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: drain, then stop; a second request stops at once."""
+        if self.lifecycle.stopping:
+            log.warning("second stop request: exiting now, %d calls still in progress",
+                        self.core.calls_in_progress if self.core is not None else 0)
+            self._hard_stop.set()
+            self._stopped.set()
+            return
+        self.lifecycle.stopping = True
+        if self.phase is Phase.RELOADING:
+            return  # the reload moves on to DRAINING when it ends
+        if self.phase is Phase.DRAINING:
+            self.notifier.stopping()  # an admin drain becomes the stop drain
+            self._spawn(self._drain_then_stop())
+            return
+        if self.phase is Phase.STARTING:
+            self._stopped.set()
+            return
+        self.lifecycle.move(Phase.DRAINING)
+        self._spawn(self._drain_then_stop())
+
+    async def _drain_then_stop(self) -> None:
+        """Wait for the calls in progress to end, up to ``[daemon] drain_timeout_s``."""
+        core = self.core
+        assert core is not None
+        loop = asyncio.get_running_loop()
+        timeout_s = self.config.daemon.drain_timeout_s
+        deadline = loop.time() + timeout_s
+        log.info("draining: new calls refused (503); %d calls in progress, %d requests "
+                 "pending; waiting up to %g s", core.calls_in_progress, core.pending_requests(),
+                 timeout_s)
+        while not core.is_quiescent() and not self._hard_stop.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("drain timed out after %g s: %d calls, %d requests still open",
+                            timeout_s, core.calls_in_progress, core.pending_requests())
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hard_stop.wait(), min(left, DRAIN_POLL_S))
+        else:
+            log.info("drained: every call ended")
+        self._stopped.set()
+
+    async def _close(self) -> None:
+        log.info("sipedge stopping")
+        if self.phase is not Phase.STOPPED:
+            self.lifecycle.move(Phase.STOPPED)
+        if self._tick is not None:
+            self._tick.cancel()
+        self.lag.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.watcher is not None:
+            await self.watcher.aclose()
+        if self.admin is not None:
+            await self.admin.aclose()
+        if self.driver is not None:
+            self.driver.close()
+        if self.transports is not None:
+            await self.transports.aclose()
+        self.notifier.close()
+
+    # -- drain without stopping (admin API) ---------------------------------------------
+
+    def drain(self) -> bool:
+        """``POST /drain``: refuse new calls, keep serving in-dialog; False if not READY."""
+        if self.phase is not Phase.READY:
+            return self.phase is Phase.DRAINING
+        self.lifecycle.move(Phase.DRAINING)
+        return True
+
+    def undrain(self) -> bool:
+        """``POST /undrain``: take new calls again; False while stopping or reloading."""
+        if self.phase is not Phase.DRAINING or self.lifecycle.stopping:
+            return self.phase is Phase.READY
+        self.lifecycle.move(Phase.READY)
+        return True
+
+    # -- reload -------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file; invalid files keep the running config."""
+        if self.phase is Phase.RELOADING:
+            self._reload_again = True  # a second SIGHUP during a reload: once more after
+            return
+        if self.phase is not Phase.READY:
+            log.warning("reload ignored while %s", self.phase.value)
+            return
+        self._spawn(self._reload())
+
+    async def _reload(self) -> None:
+        self.lifecycle.move(Phase.RELOADING)
+        path = self.config.path
+        try:
+            new = load_config(path)
+            for warning in new.warnings:
+                log.warning("%s: %s", path, warning)
+            try:
+                new = await resolve_pbx(new)
+            except OSError as exc:
+                raise ConfigError(path, "inside.pbx", f"cannot resolve {new.inside.pbx.host}: "
+                                  f"{exc}") from exc
+            await self._apply(new)
+        except ConfigError as exc:
+            log.error("reload refused, still running the previous config: %s", exc)
+        except (TransportError, OSError) as exc:
+            log.error("reload refused, still running the previous config: %s: cannot "
+                      "listen: %s", path, exc)
+        except Exception:
+            log.exception("reload failed, still running the previous config")
+        finally:
+            if self.lifecycle.stopping:
+                self.lifecycle.move(Phase.DRAINING)
+                self._spawn(self._drain_then_stop())
+            else:
+                self.lifecycle.move(Phase.READY)
+                if self._reload_again:
+                    self._reload_again = False
+                    self.request_reload()
+
+    async def _apply(self, new: Config) -> None:
+        """Swap ``new`` in whole; on a bind failure nothing has changed (raises)."""
+        old = self.config
+        core, driver, transports = self.core, self.driver, self.transports
+        assert core is not None and driver is not None and transports is not None
+        loop = asyncio.get_running_loop()
+        # 1. New sockets first: a failure here leaves everything as it was.
+        added = await transports.add_listeners(new.listen)
+        admin = self.admin
+        if new.admin.listen != old.admin.listen:
+            try:
+                admin = await self._start_admin(new.admin.listen) if new.admin.listen else None
+            except OSError:
+                await transports.remove_listeners(added)
+                raise
+        if new.tls != old.tls:
+            log.warning("%s: tls: changes take effect at the next restart", new.path)
+        # 2. The core: settings, ACLs, edges and gateways (health kept), probe timing.
+        self.config = new
+        probe = new.probe
+        core.schedule.retune(loop.time(), interval_up_s=probe.interval_up_s,
+                             interval_down_s=probe.interval_down_s,
+                             jitter=probe.jitter_fraction)
+        if dns_queries(new) != dns_queries(old):
+            if self.watcher is not None:
+                await self.watcher.aclose()
+                self.watcher = None
+            await self._start_dns(new)
+        answers = self.watcher.answers() if self.watcher is not None else None
+        now = loop.time()
+        pool = build_pool(new, now, answers)
+        core.reconfigure(build_settings(new), pool, now, probed_ids(pool))
+        self._rewire()
+        # 3. Old sockets last: requests in flight through them have had their answers
+        # sent from the sockets they came in on; stream connections stay until they end.
+        removed = [ep for ep in old.listen if ep not in set(new.listen)]
+        await transports.remove_listeners(removed)
+        if admin is not self.admin:
+            if self.admin is not None:
+                await self.admin.aclose()
+            self.admin = admin
+        if self._log_level is None:
+            logging.getLogger().setLevel(new.log.level.upper())
+        edges = ", ".join(e.name for e in new.edges)
+        log.info("reloaded %s: edges %s, %d gateways; listeners +%d -%d", new.path, edges,
+                 len(pool.gateways()), len(added), len(removed))
+
+    def _rewire(self) -> None:
+        """After the pool changed: watched UDP gateways, TLS server names, timers."""
+        core, driver, transports = self.core, self.driver, self.transports
+        assert core is not None and driver is not None and transports is not None
+        watch_gateways(transports, core)
+        self._sni.clear()
+        self._sni.update(_sni_map(core.pool))
+        driver.flush()
+
+    # -- pieces -------------------------------------------------------------------------
+
+    async def _start_admin(self, listen: Endpoint) -> AdminServer:
+        assert self.driver is not None
+        registry = make_registry(lambda: self.driver, lag=self.lag,  # type: ignore[arg-type, return-value]
+                                 state=lambda: self.phase.value)
+        admin = AdminServer(self.driver, metrics=metrics_endpoint(registry), control=self)
+        await admin.start(listen)
+        return admin
+
+    async def _start_dns(self, config: Config) -> None:
+        queries = dns_queries(config)
+        if not queries:
+            return
+
         def rebuild() -> None:
             # A name's targets changed: new pool (health carried over), probes, SNI.
-            assert watcher is not None
-            now = loop.time()
-            pool = build_pool(config, now, watcher.answers())
-            core.reload_pool(pool, now, probed_ids(pool))
-            watch_gateways(transports, core)
-            sni.clear()
-            sni.update(_sni_map(core.pool))
-            driver.flush()
+            assert self.watcher is not None and self.core is not None
+            now = asyncio.get_running_loop().time()
+            pool = build_pool(self.config, now, self.watcher.answers())
+            self.core.reload_pool(pool, now, probed_ids(pool))
+            self._rewire()
 
-        watcher = NameWatcher(resolver or Rfc3263Resolver(), queries, rebuild,
-                              min_ttl_s=DNS_MIN_TTL_S, max_ttl_s=DNS_MAX_TTL_S)
-        await watcher.start(wait_s=DNS_START_WAIT_S)
-    edges = ", ".join(f"{e.name} ({len(e.gateways)} gateways)" for e in config.edges)
-    log.info("sipedge up: domain %s, edges %s", config.outside.domain, edges)
-    driver.kick()
-    try:
-        await stop.wait()
-    finally:
-        log.info("sipedge stopping")
-        if watcher is not None:
-            await watcher.aclose()
-        if admin is not None:
-            await admin.aclose()
-        driver.close()
-        await transports.aclose()
-    return 0
+        self.watcher = NameWatcher(self._resolver or Rfc3263Resolver(), queries, rebuild,
+                                   min_ttl_s=DNS_MIN_TTL_S, max_ttl_s=DNS_MAX_TTL_S)
+        await self.watcher.start(wait_s=DNS_START_WAIT_S)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_event(self, event: Event) -> None:
+        self._events(event)
+        if isinstance(event, GatewayStateChanged) and self.core is not None:
+            self.notifier.status(status_line(self.core, self.phase))
+
+    def _moved(self, old: Phase, new: Phase) -> None:
+        """Lifecycle hook: systemd notifications and the core's drain flag."""
+        core = self.core
+        if new is Phase.RELOADING:
+            self.notifier.reloading(time.monotonic_ns() // 1000)
+        elif new is Phase.READY:
+            if core is not None:
+                core.set_draining(False)
+            self.notifier.ready()
+        elif new is Phase.DRAINING:
+            if core is not None:
+                core.set_draining(True)
+            if self.lifecycle.stopping:
+                self.notifier.stopping()
+            else:
+                log.warning("draining (admin): new calls refused with 503 until undrain")
+        elif new is Phase.STOPPED and old is not Phase.DRAINING:
+            self.notifier.stopping()
+        if core is not None and new is not Phase.STOPPED:
+            self.notifier.status(status_line(core, new))
+        if self.driver is not None:
+            self.driver.flush()
+
+    def _schedule_tick(self) -> None:
+        """Watchdog pings and STATUS= from the event loop (a stuck loop stops both)."""
+        loop = asyncio.get_running_loop()
+        interval = self.notifier.watchdog_interval_s
+        period = STATUS_INTERVAL_S if interval is None else min(interval, STATUS_INTERVAL_S)
+
+        def tick() -> None:
+            if interval is not None:
+                self.notifier.watchdog()
+            if self.core is not None:
+                self.notifier.status(status_line(self.core, self.phase))
+            self._tick = loop.call_later(period, tick)
+
+        tick()
+
+
+#: How often the drain checks whether the calls have ended.
+DRAIN_POLL_S = 0.05
+#: How often STATUS= is refreshed (and, at most, the watchdog pinged).
+STATUS_INTERVAL_S = 5.0
+
+
+async def serve(config: Config, stop: asyncio.Event, *,
+                resolver: Rfc3263Resolver | None = None,
+                notifier: Notifier | None = None) -> int:
+    """Run sipedge until ``stop`` is set (then stop at once, no drain); the exit code.
+
+    For tests and embedding; ``run`` is the process entry point with signals and drain.
+    """
+    daemon = Daemon(config, resolver=resolver, notifier=notifier)
+    code = await daemon.start()
+    if code is not None:
+        return code
+    waiter = asyncio.get_running_loop().create_task(stop.wait())
+    stopped = asyncio.get_running_loop().create_task(daemon.wait_stopped())
+    await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopped.done():
+        daemon.lifecycle.stopping = True
+        daemon._hard_stop.set()
+        daemon._stopped.set()
+        await stopped
+    waiter.cancel()
+    return stopped.result()
 
 
 #: Generation-0 threshold of the daemon's cyclic GC (CPython's default is 700).
@@ -254,17 +580,21 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
-def run(config: Config) -> int:
-    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+def run(config: Config, *, log_level: str | None = None) -> int:
+    """Run the daemon in the foreground: SIGTERM/SIGINT drain then stop, SIGHUP reloads."""
     from sipedge.transport import run as run_loop
 
     tune_gc()
 
     async def main() -> int:
-        stop = asyncio.Event()
+        daemon = Daemon(config, log_level=log_level)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await serve(config, stop)
+            loop.add_signal_handler(sig, daemon.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+        code = await daemon.start()
+        if code is not None:
+            return code
+        return await daemon.wait_stopped()
 
     return run_loop(main())
