@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 PREFIX  ?= /opt/sipedge
 DESTDIR ?=
 
-.PHONY: run test lint unit e2e bench-parse bench-core bench-load fuzz sipp clean check-config venv \
+.PHONY: run test lint unit e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
         install uninstall
 
 $(STAMP): pyproject.toml
@@ -32,6 +32,35 @@ check-config: $(STAMP)
 sipp:
 	@command -v sipp >/dev/null 2>&1 || bash $(SHARED)/bench/install.sh
 
+## Debian tools the tests need (apt; idempotent, instant when present): promtool (metrics
+## rules), systemd-analyze (unit verify), nft (firewall output). apt-get update runs only
+## when something is missing; policy-rc.d (exit 101) keeps the prometheus package from
+## starting its daemon, and is removed again only if we created it.
+TOOLS := promtool:prometheus systemd-analyze:systemd nft:nftables
+tools:
+	@missing=""; \
+	for t in $(TOOLS); do \
+	    command -v $${t%%:*} >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v $${t%%:*} >/dev/null 2>&1 \
+	        || missing="$$missing $${t#*:}"; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	echo "tools: installing$$missing"; \
+	made_policy=0; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' | $$sudo tee /usr/sbin/policy-rc.d >/dev/null \
+	        && $$sudo chmod 755 /usr/sbin/policy-rc.d && made_policy=1; \
+	fi; \
+	rc=0; \
+	$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends $$missing || rc=$$?; \
+	[ "$$made_policy" = 1 ] && $$sudo rm -f /usr/sbin/policy-rc.d; \
+	[ "$$rc" = 0 ] || { echo "tools: apt-get failed ($$rc) for$$missing" >&2; exit $$rc; }; \
+	for t in $(TOOLS); do \
+	    PATH="$$PATH:/usr/sbin:/sbin" command -v $${t%%:*} >/dev/null \
+	        || { echo "tools: $${t%%:*} still missing after installing $${t#*:}" >&2; exit 1; }; \
+	done
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sipedge tests bench fuzz
 	$(VENV)/bin/mypy --strict sipedge
@@ -39,11 +68,11 @@ lint: $(STAMP)
 unit: $(STAMP)
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q -m 'not e2e'
 
-e2e: $(STAMP) sipp
+e2e: $(STAMP) sipp tools
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q -m e2e
 
 ## make test: set up and run everything CI runs (lint, types, unit, conformance, e2e)
-test: $(STAMP) sipp lint
+test: $(STAMP) sipp tools lint
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q
 
 bench-parse: $(STAMP)
