@@ -65,7 +65,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check sipedge tests bench fuzz
 	$(VENV)/bin/mypy --strict sipedge
 
-unit: $(STAMP)
+unit: $(STAMP) tools
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q -m 'not e2e'
 
 e2e: $(STAMP) sipp tools
