@@ -5,8 +5,12 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 SHARED  ?= $(abspath ../shared)
 STAMP   := $(VENV)/.installed
+# make install: where the production venv goes, and a staging root for packaging.
+PREFIX  ?= /opt/sipedge
+DESTDIR ?=
 
-.PHONY: run test lint unit e2e bench-parse bench-core bench-load fuzz sipp clean check-config venv
+.PHONY: run test lint unit e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
+        install uninstall
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,18 +32,47 @@ check-config: $(STAMP)
 sipp:
 	@command -v sipp >/dev/null 2>&1 || bash $(SHARED)/bench/install.sh
 
+## Debian tools the tests need (apt; idempotent, instant when present): promtool (metrics
+## rules), systemd-analyze (unit verify), nft (firewall output). apt-get update runs only
+## when something is missing; policy-rc.d (exit 101) keeps the prometheus package from
+## starting its daemon, and is removed again only if we created it.
+TOOLS := promtool:prometheus systemd-analyze:systemd nft:nftables
+tools:
+	@missing=""; \
+	for t in $(TOOLS); do \
+	    command -v $${t%%:*} >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/sbin" command -v $${t%%:*} >/dev/null 2>&1 \
+	        || missing="$$missing $${t#*:}"; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	echo "tools: installing$$missing"; \
+	made_policy=0; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' | $$sudo tee /usr/sbin/policy-rc.d >/dev/null \
+	        && $$sudo chmod 755 /usr/sbin/policy-rc.d && made_policy=1; \
+	fi; \
+	rc=0; \
+	$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends $$missing || rc=$$?; \
+	[ "$$made_policy" = 1 ] && $$sudo rm -f /usr/sbin/policy-rc.d; \
+	[ "$$rc" = 0 ] || { echo "tools: apt-get failed ($$rc) for$$missing" >&2; exit $$rc; }; \
+	for t in $(TOOLS); do \
+	    PATH="$$PATH:/usr/sbin:/sbin" command -v $${t%%:*} >/dev/null \
+	        || { echo "tools: $${t%%:*} still missing after installing $${t#*:}" >&2; exit 1; }; \
+	done
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sipedge tests bench fuzz
 	$(VENV)/bin/mypy --strict sipedge
 
-unit: $(STAMP)
+unit: $(STAMP) tools
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q -m 'not e2e'
 
-e2e: $(STAMP) sipp
+e2e: $(STAMP) sipp tools
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q -m e2e
 
 ## make test: set up and run everything CI runs (lint, types, unit, conformance, e2e)
-test: $(STAMP) sipp lint
+test: $(STAMP) sipp tools lint
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q
 
 bench-parse: $(STAMP)
@@ -56,6 +89,61 @@ bench-load: $(STAMP)
 fuzz: $(STAMP)
 	$(PY) -m pip install -q atheris
 	$(PY) fuzz/fuzz_message.py -max_total_time=$${FUZZ_SECONDS:-300} fuzz/corpus_seed
+
+## make install [DESTDIR=] [PREFIX=/opt/sipedge]: sipedge in its own venv at PREFIX, the
+## unit, the sipedge system user and a starter config (never overwritten). As root.
+##
+## DESTDIR (staging for a package): a venv bakes absolute paths into its scripts, so after
+## installing into $(DESTDIR)$(PREFIX) the scripts in bin/ are rewritten to point at
+## $(PREFIX) (where the package will put them); run them inside DESTDIR as
+## `$(DESTDIR)$(PREFIX)/bin/python $(DESTDIR)$(PREFIX)/bin/sipedge`. The venv links to this
+## machine's python3 (pyvenv.cfg home=), so the target needs the same Python. The user is
+## created (systemd-sysusers) and the config chgrp'ed only when DESTDIR is empty; a package
+## does both in its postinst.
+UNIT_DIR := /etc/systemd/system
+CONF_DIR := /etc/sipedge
+install:
+	@set -eu; \
+	dest="$(DESTDIR)"; prefix="$(PREFIX)"; root="$$dest$$prefix"; \
+	echo "install: venv $$root"; \
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	    || { echo "install: $(PYTHON) is older than 3.11" >&2; exit 1; }; \
+	$(PYTHON) -m venv "$$root"; \
+	"$$root/bin/python" -m pip install -q --disable-pip-version-check .; \
+	if [ -n "$$dest" ]; then \
+	    grep -lIF -- "$$root" "$$root"/bin/* | xargs -r sed -i "s|$$root|$$prefix|g"; \
+	fi; \
+	install -d -m 0755 "$$dest$(UNIT_DIR)" "$$dest/etc/sysusers.d"; \
+	sed "s|/opt/sipedge/bin/sipedge|$$prefix/bin/sipedge|" systemd/sipedge.service \
+	    > "$$dest$(UNIT_DIR)/sipedge.service.tmp"; \
+	chmod 0644 "$$dest$(UNIT_DIR)/sipedge.service.tmp"; \
+	mv "$$dest$(UNIT_DIR)/sipedge.service.tmp" "$$dest$(UNIT_DIR)/sipedge.service"; \
+	install -m 0644 systemd/sipedge.sysusers "$$dest/etc/sysusers.d/sipedge.conf"; \
+	echo "install: $$dest$(UNIT_DIR)/sipedge.service, $$dest/etc/sysusers.d/sipedge.conf"; \
+	group=""; \
+	if [ -z "$$dest" ]; then systemd-sysusers /etc/sysusers.d/sipedge.conf; group=sipedge; fi; \
+	install -d -m 0750 "$$dest$(CONF_DIR)"; \
+	conf="$$dest$(CONF_DIR)/sipedge.toml"; \
+	if [ -e "$$conf" ]; then \
+	    echo "install: $$conf exists, left as it is (the new default: conf/sipedge.toml)"; \
+	else \
+	    install -m 0640 conf/sipedge.toml "$$conf"; \
+	    echo "install: $$conf (starter config: edit [inside], [outside] domain, [[edges]])"; \
+	fi; \
+	if [ -n "$$group" ]; then chgrp "$$group" "$$dest$(CONF_DIR)" "$$conf"; fi; \
+	echo; \
+	echo "Next steps:"; \
+	echo "  $$prefix/bin/sipedge check --config $(CONF_DIR)/sipedge.toml"; \
+	echo "  systemctl daemon-reload && systemctl enable --now sipedge"; \
+	echo "  systemctl status sipedge; journalctl -u sipedge -f"
+
+## make uninstall [DESTDIR=] [PREFIX=]: removes the venv and the unit; keeps /etc/sipedge
+## (the operator's config) and the sipedge user (files may still belong to it).
+uninstall:
+	rm -rf "$(DESTDIR)$(PREFIX)"
+	rm -f "$(DESTDIR)$(UNIT_DIR)/sipedge.service" "$(DESTDIR)/etc/sysusers.d/sipedge.conf"
+	@echo "uninstall: kept $(DESTDIR)$(CONF_DIR) and the sipedge user;" \
+	    "run systemctl daemon-reload"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -18,6 +18,10 @@ FORBIDDEN = {
     "catalogue": ("sipedge.proxy", "sipedge.transport", "sipedge.daemon", "sipedge.cli"),
     "proxy": ("sipedge.transport", "sipedge.daemon", "sipedge.cli", "sipedge.config"),
 }
+#: Shell modules (asyncio/socket allowed, TID251-exempt in pyproject.toml) that no core
+#: package may import either.
+SHELL_MODULES = ("sipedge.notify",)
+FORBIDDEN = {layer: banned + SHELL_MODULES for layer, banned in FORBIDDEN.items()}
 
 
 def imported_modules(path: Path) -> set[str]:
