@@ -5,7 +5,12 @@ One listener at ``[admin] listen`` (off when unset). Routes:
 ``GET /healthz``
     200 ``ok`` while the process runs.
 ``GET /readyz``
-    200 ``ready`` when at least one gateway is UP, else 503 ``not ready``.
+    200 ``ready`` when at least one gateway is UP and sipedge is not draining, else 503
+    ``not ready: …`` (a load balancer or keepalived check moves traffic away).
+``POST /drain`` and ``POST /undrain``
+    the daemon-wide drain without exiting (new calls answered 503 + Retry-After,
+    in-dialog requests relayed) and its end; 200 with ``{"state": …, "calls": n}``, 409
+    when the daemon is stopping or reloading.
 ``GET /gateways``
     JSON list, one object per gateway in priority then config order (see :func:`row`).
 ``POST /gateways/{id}/drain`` and ``POST /gateways/{id}/enable``
@@ -14,8 +19,8 @@ One listener at ``[admin] listen`` (off when unset). Routes:
     ``/`` (``ashburn-ix/208.78.112.64:5060``), so the route matches ``{id:.+}``; clients
     may also percent-encode it.
 ``GET /metrics``
-    the bytes of the ``metrics`` callable (Prometheus text exposition); 501 until the
-    metrics issue supplies one.
+    the bytes of the ``metrics`` callable (Prometheus text exposition, ``sipedge.metrics``);
+    501 when the app was built without one.
 
 The API is a thin view: every request reads ``core.pool`` afresh (a DNS rebuild swaps the
 pool), and after a drain/enable the driver is flushed so the state-change event is logged and
@@ -28,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -37,15 +42,43 @@ from sipedge.sip.address import Endpoint
 from sipedge.transport.dns import is_placeholder
 from sipedge.transport.driver import CoreDriver
 
-__all__ = ["AdminServer", "gateway_table", "make_app", "row"]
+__all__ = ["AdminServer", "CoreDrainControl", "DrainControl", "gateway_table", "make_app", "row"]
 
 log = logging.getLogger(__name__)
 
 #: Prometheus text exposition format content type.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+class DrainControl(Protocol):
+    """What ``POST /drain`` and ``/undrain`` drive: the daemon (``sipedge.daemon.Daemon``)."""
+
+    def drain(self) -> bool:
+        """Refuse new calls; False when not possible now (stopping, reloading)."""
+        ...
+
+    def undrain(self) -> bool:
+        """Take new calls again; False when not possible now."""
+        ...
+
+
+class CoreDrainControl:
+    """A ``DrainControl`` acting on the core alone (an app without a daemon: tests)."""
+
+    def __init__(self, driver: CoreDriver) -> None:
+        self._driver = driver
+
+    def drain(self) -> bool:
+        self._driver.core.set_draining(True)
+        return True
+
+    def undrain(self) -> bool:
+        self._driver.core.set_draining(False)
+        return True
+
+
 _DRIVER = web.AppKey("driver", CoreDriver)
 _METRICS: web.AppKey[Callable[[], bytes] | None] = web.AppKey("metrics")
+_CONTROL: web.AppKey[DrainControl] = web.AppKey("control")
 
 
 def row(status: GatewayStatus, now: float, wall: float) -> dict[str, Any]:
@@ -100,9 +133,29 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    if request.app[_DRIVER].core.is_ready():
+    core = request.app[_DRIVER].core
+    if core.draining:
+        return web.Response(status=503, text="not ready: draining\n")
+    if core.is_ready():
         return web.Response(text="ready\n")
     return web.Response(status=503, text="not ready: no gateway is up\n")
+
+
+async def _drain_all(request: web.Request) -> web.Response:
+    return _drain_answer(request, request.app[_CONTROL].drain())
+
+
+async def _undrain_all(request: web.Request) -> web.Response:
+    return _drain_answer(request, request.app[_CONTROL].undrain())
+
+
+def _drain_answer(request: web.Request, done: bool) -> web.Response:
+    driver = request.app[_DRIVER]
+    driver.flush()
+    core = driver.core
+    body = {"draining": core.draining, "calls": core.calls_in_progress,
+            "pending": core.pending_requests()}
+    return web.json_response(body, status=200 if done else 409)
 
 
 async def _gateways(request: web.Request) -> web.Response:
@@ -146,14 +199,16 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-def make_app(driver: CoreDriver, *, metrics: Callable[[], bytes] | None = None) -> web.Application:
+def make_app(driver: CoreDriver, *, metrics: Callable[[], bytes] | None = None,
+             control: DrainControl | None = None) -> web.Application:
     """The admin application.
 
     Args:
         driver: runs the core (its ``core.pool`` is read per request; ``flush`` after
             commands).
         metrics: returns the Prometheus exposition bytes for ``GET /metrics``; None
-            answers 501 (the metrics issue fills this).
+            answers 501.
+        control: what ``POST /drain``/``/undrain`` drive (default: the core's flag only).
 
     Returns:
         An aiohttp application (no access log is configured by it).
@@ -161,6 +216,7 @@ def make_app(driver: CoreDriver, *, metrics: Callable[[], bytes] | None = None) 
     app = web.Application()
     app[_DRIVER] = driver
     app[_METRICS] = metrics
+    app[_CONTROL] = control if control is not None else CoreDrainControl(driver)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/gateways", _gateways)
@@ -168,6 +224,8 @@ def make_app(driver: CoreDriver, *, metrics: Callable[[], bytes] | None = None) 
     app.router.add_post("/gateways/{id:.+}/drain", _drain)
     app.router.add_post("/gateways/{id:.+}/enable", _enable)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_post("/drain", _drain_all)
+    app.router.add_post("/undrain", _undrain_all)
     return app
 
 
@@ -180,8 +238,9 @@ class AdminServer:
     """
 
     def __init__(self, driver: CoreDriver, *,
-                 metrics: Callable[[], bytes] | None = None) -> None:
-        self._app = make_app(driver, metrics=metrics)
+                 metrics: Callable[[], bytes] | None = None,
+                 control: DrainControl | None = None) -> None:
+        self._app = make_app(driver, metrics=metrics, control=control)
         self._runner: web.AppRunner | None = None
         self.bound: Endpoint | None = None
 

@@ -19,7 +19,8 @@ import pytest
 from sipedge.admin import AdminServer, gateway_table
 from sipedge.cli import main
 from sipedge.config import parse_config
-from sipedge.daemon import EventLogger, build_core
+from sipedge.daemon import build_core
+from sipedge.eventlog import EventLogger
 from sipedge.gateway.health import Health
 from sipedge.gateway.probe import Replied
 from sipedge.sip.address import Endpoint
@@ -223,3 +224,17 @@ def test_gateway_table_formats_rtt_and_since() -> None:
                             "last_rtt_ms": 12.5, "since_s": 3725.0}])
     assert "12.5 ms" in table and "62m05s" in table and " UP " in table
     assert table.splitlines()[0].startswith("ID")
+
+
+async def test_drain_makes_readyz_503_and_undrain_restores_it(admin: Admin) -> None:
+    now = admin.driver.loop.time()
+    for _ in range(2):
+        admin.driver.core.pool.observe(GW2, Replied(200, 0.012), now)
+    assert (await admin.get("/readyz"))[0] == 200
+    status, body = await admin.post("/drain")
+    assert status == 200 and body == {"draining": True, "calls": 0, "pending": 0}
+    assert admin.driver.core.draining
+    assert await admin.get("/readyz") == (503, "text/plain", "not ready: draining\n")
+    status, body = await admin.post("/undrain")
+    assert status == 200 and isinstance(body, dict) and body["draining"] is False
+    assert (await admin.get("/readyz"))[0] == 200
