@@ -1,0 +1,554 @@
+"""Prometheus metrics: a custom collector that reads the core's plain counters at scrape time.
+
+Theory of operation
+-------------------
+The hot path never touches a prometheus_client object (house rule 11). The core bumps slotted
+ints and small dicts in ``proxy.stats.ProxyStats``; the gateway pool keeps per-gateway ints
+(``GatewayPool.snapshot()``). When Prometheus scrapes ``GET /metrics`` on the admin listener,
+``SipedgeCollector.collect()`` asks for the current driver (the daemon may swap the core or
+its pool on reload, so nothing is cached between scrapes), reads ``core.refresh_gauges()`` and
+``core.pool.snapshot()`` once, and turns them into metric families. A scrape therefore costs
+the collector's loop over ~30 samples per gateway plus the text formatting; ``bench/scrape.py``
+measures it for 200 gateways.
+
+Label sets the config already names (edges, gateways, health states, change reasons, drop
+reasons) are exposed at zero before their first event, so ``rate()`` and alerts work from the
+first scrape instead of missing the first increment.
+
+``LoopLagMonitor`` lives here too: a self-rescheduling ``loop.call_at`` that records how late
+it ran, the plainest measure of how long the event loop was blocked.
+
+Wiring (daemon)::
+
+    monitor = LoopLagMonitor()
+    monitor.start(loop)
+    registry = make_registry(lambda: driver, loop_lag=monitor, state=lambda: lifecycle_name)
+    AdminServer(driver, metrics=metrics_endpoint(registry))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Final, Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.registry import Collector
+
+from sipedge import __version__
+from sipedge.gateway.health import ChangeReason, Health
+from sipedge.gateway.pool import GatewayStatus
+from sipedge.proxy.events import DropReason
+from sipedge.proxy.routing import Direction
+from sipedge.proxy.stats import (
+    ANSWER_BUCKETS_S,
+    PDD_BUCKETS_S,
+    RTT_BUCKETS_S,
+    Histogram,
+    ProxyStats,
+)
+
+if TYPE_CHECKING:
+    from sipedge.proxy.core import ProxyCore
+
+__all__ = [
+    "CONTENT_TYPE",
+    "LIFECYCLE_STATES",
+    "LOOP_LAG_BUCKETS_S",
+    "DriverView",
+    "LoopLagMonitor",
+    "SipedgeCollector",
+    "exposition",
+    "make_registry",
+    "metrics_endpoint",
+]
+
+#: Prometheus text exposition format 0.0.4 (what ``sipedge.admin`` serves ``/metrics`` as).
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+#: The daemon's lifecycle table, in order (``sipedge_state`` is one-hot over these).
+LIFECYCLE_STATES: Final = ("starting", "ready", "reloading", "draining", "stopped")
+
+#: How late the loop-lag timer ran, seconds: 1 ms is noise, 2.5 s is a stalled worker.
+LOOP_LAG_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+#: Label value for an empty edge (a call refused before any gateway was chosen, a failover
+#: with no gateway left): Prometheus drops a label whose value is "", which would merge
+#: those series with the unlabelled ones.
+NO_EDGE: Final = "none"
+
+# Where a request came from / a response was sent to: the listener side, not the call direction.
+_SIDE: Final = {Direction.OUTBOUND: "inside", Direction.INBOUND: "outside",
+                Direction.UNKNOWN: "unknown"}
+# Which way a call goes (PBX → Twilio is outbound).
+_CALL_DIRECTION: Final = {Direction.OUTBOUND: "outbound", Direction.INBOUND: "inbound",
+                          Direction.UNKNOWN: "unknown"}
+_CALL_CLASSES: Final = (3, 4, 5, 6)  # final non-2xx classes pre-initialised per edge
+
+
+class DriverView(Protocol):
+    """What the collector reads from the driver (``transport.driver.CoreDriver`` fits)."""
+
+    @property
+    def core(self) -> ProxyCore: ...
+
+    @property
+    def internal_errors(self) -> int: ...
+
+
+def _edge(name: str) -> str:
+    return name or NO_EDGE
+
+
+class _Buckets:
+    """Cumulative ``le`` buckets of a ``proxy.stats.Histogram`` (stored non-cumulative)."""
+
+    # ``le`` strings per bound tuple, formatted once; repr() writes them the way
+    # client_python does (1.0 → "1.0", 0.0025 → "0.0025").
+    _les: dict[tuple[float, ...], tuple[str, ...]] = {}  # noqa: RUF012  (a private cache)
+
+    @classmethod
+    def les(cls, bounds: tuple[float, ...]) -> tuple[str, ...]:
+        les = cls._les.get(bounds)
+        if les is None:
+            les = cls._les[bounds] = (*(repr(float(b)) for b in bounds), "+Inf")
+        return les
+
+    @classmethod
+    def of(cls, hist: Histogram | None, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+        les = cls.les(hist.bounds if hist is not None else bounds)
+        if hist is None:
+            return [(le, 0.0) for le in les]
+        out: list[tuple[str, float]] = []
+        acc = 0
+        for le, count in zip(les, hist.counts, strict=True):
+            acc += count
+            out.append((le, float(acc)))
+        return out
+
+
+class LoopLagMonitor:
+    """Measures event-loop lag: how late a timer due every ``interval_s`` actually ran.
+
+    A blocked loop (a slow scrape, a GC pause, a CPU-bound bug) delays every datagram by the
+    same amount; this shows it without instrumenting the hot path. Each tick is scheduled with
+    ``loop.call_at`` for an exact due time, so the lag is ``loop.time() - due`` (clamped at
+    zero: asyncio may run a handle up to its clock resolution early).
+    """
+
+    def __init__(self, interval_s: float = 0.5,
+                 buckets: tuple[float, ...] = LOOP_LAG_BUCKETS_S) -> None:
+        """Build a stopped monitor.
+
+        Args:
+            interval_s: seconds between ticks.
+            buckets: histogram bounds, seconds.
+
+        Raises:
+            ValueError: ``interval_s`` is not positive.
+        """
+        if not interval_s > 0:
+            raise ValueError("interval_s must be > 0")
+        self.interval_s = interval_s
+        self.histogram = Histogram(buckets)
+        #: Lag of the latest tick, seconds.
+        self.last_lag_s = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    @property
+    def running(self) -> bool:
+        """True between ``start`` and ``stop``."""
+        return self._handle is not None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start ticking on ``loop`` (a second call while running is a no-op)."""
+        if self._handle is not None:
+            return
+        self._loop = loop
+        self._schedule(loop)
+
+    def stop(self) -> None:
+        """Stop ticking (idempotent); the figures so far stay readable."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = loop.time() + self.interval_s
+        self._handle = loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        lag = max(0.0, loop.time() - self._due)
+        self.last_lag_s = lag
+        self.histogram.observe(lag)
+        self._schedule(loop)
+
+
+class SipedgeCollector(Collector):
+    """Turns the core's stats and the pool's snapshot into metric families at scrape time.
+
+    Args:
+        driver: returns the current driver (called once per scrape; ``.core`` is read afresh).
+        loop_lag: the loop-lag monitor, or None (then its families are absent).
+        build_info: labels of ``sipedge_build_info``; default version and python.
+        state: returns the daemon's lifecycle state name (``LIFECYCLE_STATES``), or None
+            (then ``sipedge_state`` is absent).
+    """
+
+    def __init__(self, driver: Callable[[], DriverView], *,
+                 loop_lag: LoopLagMonitor | None = None,
+                 build_info: Mapping[str, str] | None = None,
+                 state: Callable[[], str] | None = None) -> None:
+        self._driver = driver
+        self._loop_lag = loop_lag
+        info = build_info if build_info is not None else {
+            "version": __version__, "python": platform.python_version()}
+        self._build_info = dict(info)
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        """One scrape's families (prometheus_client calls this per ``generate_latest``)."""
+        driver = self._driver()
+        core = driver.core
+        stats = core.refresh_gauges()
+        snapshot = core.pool.snapshot()
+        edges = list(dict.fromkeys(s.edge for s in snapshot))  # config order
+        yield from self._traffic(stats, driver.internal_errors)
+        yield from self._calls(stats, edges)
+        yield from self._latency(stats, snapshot, edges)
+        yield from self._gateways(snapshot, edges)
+        yield from self._gauges(stats, core.draining)
+
+    # -- families ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _traffic(stats: ProxyStats, internal_errors: int) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "sipedge_requests_received",
+            "SIP requests received, by method (unlisted methods count as OTHER) and by the "
+            "side they came from: direction=inside (the PBX), outside (Twilio), unknown "
+            "(a source in neither allow list).",
+            labels=("method", "direction"))
+        for direction, table in stats.requests_by_method.items():
+            side = _SIDE[direction]
+            for method, count in table.items():
+                requests.add_metric((method.decode("ascii"), side), count)
+        yield requests
+
+        relayed = CounterMetricFamily(
+            "sipedge_responses_relayed",
+            "SIP responses relayed by sipedge, by status class and by the side they were sent "
+            "to: direction=inside (toward the PBX) or outside (toward Twilio).",
+            labels=("class", "direction"))
+        for (klass, toward), count in stats.responses_by_class.items():
+            relayed.add_metric((f"{klass}xx", _SIDE[toward]), count)
+        yield relayed
+
+        local = CounterMetricFamily(
+            "sipedge_local_replies",
+            "SIP responses sipedge built itself (100 Trying, 503 no gateway, 483, parse-error "
+            "answers...), by status code.",
+            labels=("code",))
+        for code, count in sorted(stats.local_replies.items()):
+            local.add_metric((str(code),), count)
+        yield local
+
+        dropped = CounterMetricFamily(
+            "sipedge_messages_dropped",
+            "SIP messages dropped without an answer, by reason.", labels=("reason",))
+        for reason in DropReason:
+            dropped.add_metric((reason.value,), stats.drops.get(reason, 0))
+        yield dropped
+
+        parse = CounterMetricFamily(
+            "sipedge_parse_errors",
+            "Messages that failed to parse, by the status sipedge answered (status=drop: "
+            "not answerable, dropped).", labels=("status",))
+        for status, count in sorted(stats.parse_errors_by_status.items()):
+            parse.add_metric((str(status) if status else "drop",), count)
+        yield parse
+
+        for name, doc, value in (
+            ("sipedge_retransmissions_absorbed",
+             "Request retransmissions absorbed by a server transaction (not forwarded again).",
+             stats.retransmissions_absorbed),
+            ("sipedge_loops_detected",
+             "Requests answered 482 because sipedge's own Via branch showed a loop.",
+             stats.loops_detected),
+            ("sipedge_cancels", "CANCEL requests received.", stats.cancels),
+            ("sipedge_probes_sent", "OPTIONS health probes sent to gateways.",
+             stats.probes_sent),
+            ("sipedge_transport_errors",
+             "Sends the transport could not deliver (refused, reset, TLS failure).",
+             stats.transport_errors),
+            ("sipedge_tnx_parameter",
+             "Requests from Twilio carrying the deprecated tnx URI parameter.",
+             stats.tnx_deprecated),
+            ("sipedge_internal_errors",
+             "Bugs caught by the driver: an exception in the core cost one message.",
+             internal_errors),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+
+    @staticmethod
+    def _calls(stats: ProxyStats, edges: list[str]) -> Iterator[Metric]:
+        label_edges = [_edge(e) for e in edges]
+        doc_dir = ("direction=outbound (PBX to Twilio) or inbound (Twilio to PBX); edge = the "
+                   "Twilio edge of the gateway (none: no gateway was usable)")
+        started = CounterMetricFamily(
+            "sipedge_calls_started",
+            f"Initial INVITEs accepted (the call's first attempt); {doc_dir}, for the first "
+            "attempt.", labels=("direction", "edge"))
+        answered = CounterMetricFamily(
+            "sipedge_calls_answered",
+            f"Calls answered (a 2xx to the initial INVITE relayed upstream); {doc_dir} that "
+            "answered.", labels=("direction", "edge"))
+        for family, table in ((started, stats.calls_started), (answered, stats.calls_answered)):
+            values = {(d, e): 0 for d in ("outbound", "inbound") for e in label_edges}
+            for (direction, edge), count in table.items():
+                values[(_CALL_DIRECTION[direction], _edge(edge))] = count
+            for labels, count in values.items():
+                family.add_metric(labels, count)
+            yield family
+
+        failed = CounterMetricFamily(
+            "sipedge_calls_failed",
+            f"Calls that failed (a non-2xx final response went upstream, relayed or sipedge's "
+            f"own), by class of that response; {doc_dir} that gave the last answer.",
+            labels=("direction", "edge", "class"))
+        fvalues = {(d, e, f"{c}xx"): 0 for d in ("outbound", "inbound") for e in label_edges
+                   for c in _CALL_CLASSES}
+        fvalues[("outbound", NO_EDGE, "5xx")] = 0  # 503 when no gateway is usable
+        for (direction, edge, klass), count in stats.calls_failed.items():
+            fvalues[(_CALL_DIRECTION[direction], _edge(edge), f"{klass}xx")] = count
+        for flabels, count in fvalues.items():
+            failed.add_metric(flabels, count)
+        yield failed
+
+        for name, doc, value in (
+            ("sipedge_calls_no_gateway",
+             "Initial INVITEs answered 503 because no gateway was usable.",
+             stats.no_gateway_503),
+            ("sipedge_calls_refused_draining",
+             "Initial INVITEs answered 503 with Retry-After while draining.",
+             stats.draining_503),
+            ("sipedge_calls_idle_expired",
+             "Answered calls forgotten after a long idle time (their BYE never completed).",
+             stats.calls_idle_expired),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+
+        failovers = CounterMetricFamily(
+            "sipedge_failovers",
+            "Call attempts moved off a gateway, by its edge (from_edge), the next gateway's "
+            "edge (to_edge; none: no gateway left, the call failed) and reason (transport_error,"
+            " timeout, no_provisional, response).",
+            labels=("from_edge", "to_edge", "reason"))
+        for (from_edge, to_edge, reason), count in stats.failovers_by.items():
+            failovers.add_metric((_edge(from_edge), _edge(to_edge), reason.value), count)
+        yield failovers
+
+    @staticmethod
+    def _latency(stats: ProxyStats, snapshot: list[GatewayStatus],
+                 edges: list[str]) -> Iterator[Metric]:
+        for name, doc, table, bounds in (
+            ("sipedge_post_dial_delay_seconds",
+             "Post-dial delay: initial INVITE received to the first 18x relayed, by the edge "
+             "that rang.", stats.pdd, PDD_BUCKETS_S),
+            ("sipedge_answer_time_seconds",
+             "Initial INVITE received to the 2xx relayed (includes ringing), by the edge that "
+             "answered.", stats.answer_time, ANSWER_BUCKETS_S),
+        ):
+            family = HistogramMetricFamily(name, doc, labels=("edge",))
+            keys = dict.fromkeys([*edges, *table])  # configured edges first, then any other
+            for edge in keys:
+                hist = table.get(edge)
+                family.add_metric((_edge(edge),), _Buckets.of(hist, bounds),
+                                  hist.sum if hist is not None else 0.0)
+            yield family
+
+        rtt = HistogramMetricFamily(
+            "sipedge_probe_rtt_seconds",
+            "Round-trip time of answered OPTIONS probes, by gateway.",
+            labels=("gateway", "edge"))
+        gw_edges = {s.id: s.edge for s in snapshot}
+        table = stats.probe_rtt
+        for gateway_id in dict.fromkeys([*gw_edges, *table]):
+            hist = table.get(gateway_id)
+            edge = gw_edges.get(gateway_id) or gateway_id.partition("/")[0]
+            rtt.add_metric((gateway_id, _edge(edge)), _Buckets.of(hist, RTT_BUCKETS_S),
+                           hist.sum if hist is not None else 0.0)
+        yield rtt
+
+    @staticmethod
+    def _gateways(snapshot: list[GatewayStatus], edges: list[str]) -> Iterator[Metric]:
+        gl = ("gateway", "edge")
+        up = GaugeMetricFamily("sipedge_gateway_up",
+                               "1 if the gateway is UP (takes calls first), else 0.",
+                               labels=("gateway", "edge", "region"))
+        state = GaugeMetricFamily(
+            "sipedge_gateway_state",
+            "Gateway health, one-hot: 1 for the current state (probing, up, down, admin_down).",
+            labels=("gateway", "edge", "region", "state"))
+        changes = CounterMetricFamily(
+            "sipedge_gateway_state_changes",
+            "Gateway health state changes, by typed reason.", labels=(*gl, "reason"))
+        code = GaugeMetricFamily(
+            "sipedge_gateway_last_probe_code",
+            "Status code of the last OPTIONS probe reply (0: timed out, send failed, or not "
+            "probed yet).", labels=gl)
+        probes = CounterMetricFamily("sipedge_gateway_probes",
+                                     "OPTIONS probe results observed per gateway.", labels=gl)
+        probe_failures = CounterMetricFamily(
+            "sipedge_gateway_probe_failures",
+            "Probe results that counted as failures (timeouts, send failures, unhealthy "
+            "codes, 503).", labels=gl)
+        call_failures = CounterMetricFamily(
+            "sipedge_gateway_call_failures",
+            "Call attempts that failed on the gateway (failover reasons).", labels=gl)
+        priority = GaugeMetricFamily(
+            "sipedge_gateway_priority",
+            "Priority group of the gateway's edge (0 = preferred).", labels=gl)
+        per_edge_up = dict.fromkeys(edges, 0)
+        per_edge_all = dict.fromkeys(edges, 0)
+        healths = tuple(Health)
+        reasons = tuple(ChangeReason)
+        for s in snapshot:
+            edge = _edge(s.edge)
+            is_up = s.state is Health.UP
+            up.add_metric((s.id, edge, s.region), 1 if is_up else 0)
+            for h in healths:
+                state.add_metric((s.id, edge, s.region, h.value), 1 if s.state is h else 0)
+            by_reason = s.changes_by_reason
+            for r in reasons:
+                changes.add_metric((s.id, edge, r.value), by_reason.get(r, 0))
+            labels = (s.id, edge)
+            code.add_metric(labels, s.last_code or 0)
+            probes.add_metric(labels, s.probes)
+            probe_failures.add_metric(labels, s.probe_failures)
+            call_failures.add_metric(labels, s.call_failures)
+            priority.add_metric(labels, s.priority)
+            per_edge_up[s.edge] += is_up
+            per_edge_all[s.edge] += 1
+        yield from (up, state, changes, code, probes, probe_failures, call_failures, priority)
+
+        edge_up = GaugeMetricFamily(
+            "sipedge_edge_gateways_up",
+            "Gateways of the edge that are UP (0: the edge is down, calls fail over).",
+            labels=("edge",))
+        edge_all = GaugeMetricFamily("sipedge_edge_gateways",
+                                     "Gateways configured for the edge.", labels=("edge",))
+        for edge in edges:
+            edge_up.add_metric((_edge(edge),), per_edge_up[edge])
+            edge_all.add_metric((_edge(edge),), per_edge_all[edge])
+        yield edge_up
+        yield edge_all
+
+    def _gauges(self, stats: ProxyStats, draining: bool) -> Iterator[Metric]:
+        tx = GaugeMetricFamily(
+            "sipedge_transactions_in_progress",
+            "SIP transactions held: kind=server (requests received), client (requests sent, "
+            "probes included).", labels=("kind",))
+        tx.add_metric(("server",), stats.server_transactions)
+        tx.add_metric(("client",), stats.client_transactions)
+        yield tx
+        yield GaugeMetricFamily(
+            "sipedge_calls_in_progress",
+            "Answered calls whose BYE has not had its final response yet.",
+            value=stats.calls_in_progress)
+        yield GaugeMetricFamily(
+            "sipedge_calls_setting_up",
+            "Initial INVITEs still waiting for their final response.",
+            value=stats.calls_setting_up)
+        yield GaugeMetricFamily(
+            "sipedge_draining",
+            "1 while draining (new calls refused with 503, in-dialog requests relayed), else 0.",
+            value=1 if draining else 0)
+        if self._state is not None:
+            current = self._state()
+            family = GaugeMetricFamily(
+                "sipedge_state",
+                "Daemon lifecycle state, one-hot: starting, ready, reloading, draining, "
+                "stopped.", labels=("state",))
+            for name in LIFECYCLE_STATES:
+                family.add_metric((name,), 1 if name == current else 0)
+            if current not in LIFECYCLE_STATES:
+                family.add_metric((current,), 1)  # visible rather than all zeros
+            yield family
+        monitor = self._loop_lag
+        if monitor is not None:
+            hist = monitor.histogram
+            lag = HistogramMetricFamily(
+                "sipedge_event_loop_lag_seconds",
+                "How late the event loop ran a timer due every "
+                f"{monitor.interval_s:g}s (time the loop was blocked).")
+            lag.add_metric((), _Buckets.of(hist, hist.bounds), hist.sum)
+            yield lag
+            yield GaugeMetricFamily(
+                "sipedge_event_loop_last_lag_seconds",
+                "Lag of the latest event-loop timer tick.", value=monitor.last_lag_s)
+        info = self._build_info
+        build = GaugeMetricFamily("sipedge_build_info",
+                                  "Always 1; the labels say which sipedge and Python run.",
+                                  labels=tuple(info))
+        build.add_metric(tuple(info.values()), 1)
+        yield build
+
+
+def make_registry(driver: Callable[[], DriverView], *,
+                  loop_lag: LoopLagMonitor | None = None,
+                  build_info: Mapping[str, str] | None = None,
+                  state: Callable[[], str] | None = None,
+                  process: bool = True) -> CollectorRegistry:
+    """A fresh registry with sipedge's collector and the process/platform/GC collectors.
+
+    Never the global ``prometheus_client.REGISTRY``: tests build many, and a reload must not
+    collide with an earlier registration.
+
+    Args:
+        driver, loop_lag, build_info, state: see ``SipedgeCollector``.
+        process: include ``ProcessCollector`` (process_cpu_seconds_total,
+            process_resident_memory_bytes, process_open_fds...), ``PlatformCollector``
+            (python_info) and ``GCCollector`` (python_gc_*).
+
+    Returns:
+        The registry.
+    """
+    registry = CollectorRegistry()
+    registry.register(SipedgeCollector(driver, loop_lag=loop_lag, build_info=build_info,
+                                       state=state))
+    if process:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The registry's samples in the Prometheus text format 0.0.4 (``CONTENT_TYPE``)."""
+    return generate_latest(registry)
+
+
+def metrics_endpoint(registry: CollectorRegistry) -> Callable[[], bytes]:
+    """The ``metrics=`` callable of ``AdminServer``/``make_app``: one exposition per call."""
+    def scrape() -> bytes:
+        return generate_latest(registry)
+    return scrape
+
