@@ -220,6 +220,7 @@ class Daemon:
         self.lag = LoopLagMonitor()
         self._sni: dict[Endpoint, str] = {}
         self._events = EventLogger()
+        self._status = ""
 
     @property
     def phase(self) -> Phase:
@@ -460,7 +461,7 @@ class Daemon:
 
     async def _start_admin(self, listen: Endpoint) -> AdminServer:
         assert self.driver is not None
-        registry = make_registry(lambda: self.driver, lag=self.lag,  # type: ignore[arg-type, return-value]
+        registry = make_registry(lambda: self.driver, loop_lag=self.lag,  # type: ignore[arg-type, return-value]
                                  state=lambda: self.phase.value)
         admin = AdminServer(self.driver, metrics=metrics_endpoint(registry), control=self)
         await admin.start(listen)
@@ -490,8 +491,17 @@ class Daemon:
 
     def _on_event(self, event: Event) -> None:
         self._events(event)
-        if isinstance(event, GatewayStateChanged) and self.core is not None:
-            self.notifier.status(status_line(self.core, self.phase))
+        if isinstance(event, GatewayStateChanged):
+            self._send_status()
+
+    def _send_status(self) -> None:
+        """STATUS= when the line changed (gateway flaps must not flood the manager)."""
+        if self.core is None:
+            return
+        text = status_line(self.core, self.phase)
+        if text != self._status:
+            self._status = text
+            self.notifier.status(text)
 
     def _moved(self, old: Phase, new: Phase) -> None:
         """Lifecycle hook: systemd notifications and the core's drain flag."""
@@ -511,8 +521,8 @@ class Daemon:
                 log.warning("draining (admin): new calls refused with 503 until undrain")
         elif new is Phase.STOPPED and old is not Phase.DRAINING:
             self.notifier.stopping()
-        if core is not None and new is not Phase.STOPPED:
-            self.notifier.status(status_line(core, new))
+        if new is not Phase.STOPPED:
+            self._send_status()
         if self.driver is not None:
             self.driver.flush()
 
@@ -525,8 +535,7 @@ class Daemon:
         def tick() -> None:
             if interval is not None:
                 self.notifier.watchdog()
-            if self.core is not None:
-                self.notifier.status(status_line(self.core, self.phase))
+            self._send_status()
             self._tick = loop.call_later(period, tick)
 
         tick()
