@@ -20,6 +20,7 @@ from sipedge.proxy.events import (
     CallStarted,
     DeprecatedParameterSeen,
     Event,
+    FailoverReason,
     GatewayStateChanged,
     MessageDropped,
     RequestRejected,
@@ -28,6 +29,9 @@ from sipedge.proxy.events import (
 __all__ = ["EventLogger"]
 
 log = logging.getLogger("sipedge")
+_WHY = {FailoverReason.TRANSPORT_ERROR: "transport error", FailoverReason.TIMEOUT: "timeout",
+        FailoverReason.NO_PROVISIONAL: "no provisional response",
+        FailoverReason.RESPONSE: "response"}
 calls = logging.getLogger("sipedge.calls")
 
 
@@ -49,9 +53,9 @@ class EventLogger:
                           "edge": event.from_edge, "to_edge": event.to_edge}
                 if event.code:
                     fields["code"] = event.code
-                why = f"{event.code} response" if event.code else event.reason.value
-                calls.info("call %s failed over: %s on %s; next %s", event.call_id, why,
-                           event.gateway_id, event.next_gateway_id or "none",
+                why = f"{event.code} response" if event.code else _WHY[event.reason]
+                calls.info("call %s failed on %s (%s); next: %s", event.call_id,
+                           event.gateway_id, why, event.next_gateway_id or "none",
                            extra={"fields": fields})
         elif isinstance(event, GatewayStateChanged):
             log.warning("gateway %s %s -> %s: %s", event.gateway_id, event.old.name,
