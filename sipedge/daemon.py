@@ -265,11 +265,26 @@ class Daemon:
         await self._start_dns(config)
         edges = ", ".join(f"{e.name} ({len(e.gateways)} gateways)" for e in config.edges)
         log.info("sipedge up: domain %s, edges %s", config.outside.domain, edges)
-        driver.kick()  # the first probes go out now
+        driver.kick()
+        await self._first_probes_sent(config)
         self.lag.start(loop)
         self.lifecycle.move(Phase.READY)
         self._schedule_tick()
         return None
+
+    async def _first_probes_sent(self, config: Config) -> None:
+        """Wait until every gateway has had its first probe (READY=1 means probing).
+
+        First probes are spread over ``jitter × interval_down_s`` (``ProbeSchedule.add``),
+        so this is a fraction of a second at most.
+        """
+        core = self.core
+        assert core is not None
+        loop = asyncio.get_running_loop()
+        wanted = len(probed_ids(core.pool))
+        deadline = loop.time() + config.probe.jitter_fraction * config.probe.interval_down_s
+        while core.stats.probes_sent < wanted and loop.time() < deadline + 0.5:
+            await asyncio.sleep(0.01)
 
     def _failed(self, code: int) -> int:
         self.lifecycle.move(Phase.STOPPED)
