@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -39,14 +40,11 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from sipedge import __version__
 from sipedge.gateway.health import ChangeReason, Health
@@ -113,31 +111,108 @@ def _edge(name: str) -> str:
     return name or NO_EDGE
 
 
-class _Buckets:
-    """Cumulative ``le`` buckets of a ``proxy.stats.Histogram`` (stored non-cumulative)."""
+# ``le`` strings per bound tuple, formatted once; repr() writes them the way client_python
+# does (1.0 → "1.0", 0.0025 → "0.0025").
+_LES: dict[tuple[float, ...], tuple[str, ...]] = {}
 
-    # ``le`` strings per bound tuple, formatted once; repr() writes them the way
-    # client_python does (1.0 → "1.0", 0.0025 → "0.0025").
-    _les: dict[tuple[float, ...], tuple[str, ...]] = {}  # noqa: RUF012  (a private cache)
+
+def _les(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    les = _LES.get(bounds)
+    if les is None:
+        les = _LES[bounds] = (*(repr(float(b)) for b in bounds), "+Inf")
+    return les
+
+
+class _Family(Metric):
+    """A metric family that keeps its samples as rows of label values.
+
+    A 200-gateway scrape has ~6,600 samples. Building a ``Sample`` and a label dict for each
+    (what ``CounterMetricFamily.add_metric`` does), then sorting, validating and escaping
+    every label of every sample again in ``generate_latest``, costs more than the 50 ms a
+    scrape may block the event loop. Rows are ``(sample name, label values, value)``;
+    ``exposition`` renders each series' ``name{labels}`` head once and reuses it on later
+    scrapes. ``samples`` builds ordinary ``Sample``s on demand, so the family is still a
+    normal ``Metric`` for any other consumer (``generate_latest``, restricted registries).
+    """
+
+    def __init__(self, name: str, documentation: str, typ: str,
+                 labels: tuple[str, ...] = ()) -> None:
+        self.rows: list[tuple[str, tuple[str, ...], float]] = []
+        Metric.__init__(self, name, documentation, typ)
+        self.sample_name = name + "_total" if typ == "counter" else name
+        #: label names by sample name (``_bucket`` has ``le`` too).
+        self.names_of = {self.sample_name: labels}
+        if typ == "histogram":
+            self.names_of = {name + "_bucket": (*labels, "le"), name + "_count": labels,
+                             name + "_sum": labels}
 
     @classmethod
-    def les(cls, bounds: tuple[float, ...]) -> tuple[str, ...]:
-        les = cls._les.get(bounds)
-        if les is None:
-            les = cls._les[bounds] = (*(repr(float(b)) for b in bounds), "+Inf")
-        return les
+    def single(cls, name: str, documentation: str, typ: str, value: float) -> _Family:
+        """A family of one unlabelled sample."""
+        family = cls(name, documentation, typ)
+        family.add_metric((), value)
+        return family
 
     @classmethod
-    def of(cls, hist: Histogram | None, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
-        les = cls.les(hist.bounds if hist is not None else bounds)
-        if hist is None:
-            return [(le, 0.0) for le in les]
-        out: list[tuple[str, float]] = []
+    def counter(cls, name: str, documentation: str, *, labels: tuple[str, ...] = (),
+                value: float | None = None) -> _Family:
+        """A counter family (``name`` without ``_total``; samples get it)."""
+        if value is not None:
+            return cls.single(name, documentation, "counter", value)
+        return cls(name, documentation, "counter", labels)
+
+    @classmethod
+    def gauge(cls, name: str, documentation: str, *, labels: tuple[str, ...] = (),
+              value: float | None = None) -> _Family:
+        """A gauge family."""
+        if value is not None:
+            return cls.single(name, documentation, "gauge", value)
+        return cls(name, documentation, "gauge", labels)
+
+    @classmethod
+    def histogram(cls, name: str, documentation: str, *,
+                  labels: tuple[str, ...] = ()) -> _Family:
+        """A histogram family (fill it with ``add_histogram``)."""
+        return cls(name, documentation, "histogram", labels)
+
+    @property  # a view over rows, not a list attribute
+    def samples(self) -> list[Sample]:
+        names = self.names_of
+        return [Sample(sname, dict(zip(names[sname], values, strict=True)), value)
+                for sname, values, value in self.rows]
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        # Metric.__init__ assigns []; samples are only ever added as rows.
+        if value:
+            raise AttributeError("add rows with add_metric/add_histogram")
+
+    def add_metric(self, values: tuple[str, ...], value: float) -> None:
+        """One counter/gauge sample with these label values (in ``labels`` order)."""
+        self.rows.append((self.sample_name, values, value))
+
+    def add_histogram(self, values: tuple[str, ...], hist: Histogram | None,
+                      bounds: tuple[float, ...]) -> None:
+        """One histogram from a ``proxy.stats.Histogram`` (None: all zero).
+
+        ``proxy.stats.Histogram`` stores non-cumulative counts with ``counts[-1]`` the +Inf
+        overflow; Prometheus ``le`` buckets are cumulative, so they are summed here.
+        """
+        name = self.name
+        bucket = name + "_bucket"
+        append = self.rows.append
         acc = 0
-        for le, count in zip(les, hist.counts, strict=True):
-            acc += count
-            out.append((le, float(acc)))
-        return out
+        if hist is None:
+            for le in _les(bounds):
+                append((bucket, (*values, le), 0))
+            total = 0.0
+        else:
+            for le, count in zip(_les(hist.bounds), hist.counts, strict=True):
+                acc += count
+                append((bucket, (*values, le), acc))
+            total = hist.sum
+        append((name + "_count", values, acc))
+        append((name + "_sum", values, total))
 
 
 class LoopLagMonitor:
@@ -240,7 +315,7 @@ class SipedgeCollector(Collector):
 
     @staticmethod
     def _traffic(stats: ProxyStats, internal_errors: int) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
+        requests = _Family.counter(
             "sipedge_requests_received",
             "SIP requests received, by method (unlisted methods count as OTHER) and by the "
             "side they came from: direction=inside (the PBX), outside (Twilio), unknown "
@@ -252,7 +327,7 @@ class SipedgeCollector(Collector):
                 requests.add_metric((method.decode("ascii"), side), count)
         yield requests
 
-        relayed = CounterMetricFamily(
+        relayed = _Family.counter(
             "sipedge_responses_relayed",
             "SIP responses relayed by sipedge, by status class and by the side they were sent "
             "to: direction=inside (toward the PBX) or outside (toward Twilio).",
@@ -261,7 +336,7 @@ class SipedgeCollector(Collector):
             relayed.add_metric((f"{klass}xx", _SIDE[toward]), count)
         yield relayed
 
-        local = CounterMetricFamily(
+        local = _Family.counter(
             "sipedge_local_replies",
             "SIP responses sipedge built itself (100 Trying, 503 no gateway, 483, parse-error "
             "answers...), by status code.",
@@ -270,14 +345,14 @@ class SipedgeCollector(Collector):
             local.add_metric((str(code),), count)
         yield local
 
-        dropped = CounterMetricFamily(
+        dropped = _Family.counter(
             "sipedge_messages_dropped",
             "SIP messages dropped without an answer, by reason.", labels=("reason",))
         for reason in DropReason:
             dropped.add_metric((reason.value,), stats.drops.get(reason, 0))
         yield dropped
 
-        parse = CounterMetricFamily(
+        parse = _Family.counter(
             "sipedge_parse_errors",
             "Messages that failed to parse, by the status sipedge answered (status=drop: "
             "not answerable, dropped).", labels=("status",))
@@ -305,18 +380,18 @@ class SipedgeCollector(Collector):
              "Bugs caught by the driver: an exception in the core cost one message.",
              internal_errors),
         ):
-            yield CounterMetricFamily(name, doc, value=value)
+            yield _Family.single(name, doc, "counter", value)
 
     @staticmethod
     def _calls(stats: ProxyStats, edges: list[str]) -> Iterator[Metric]:
         label_edges = [_edge(e) for e in edges]
         doc_dir = ("direction=outbound (PBX to Twilio) or inbound (Twilio to PBX); edge = the "
                    "Twilio edge of the gateway (none: no gateway was usable)")
-        started = CounterMetricFamily(
+        started = _Family.counter(
             "sipedge_calls_started",
             f"Initial INVITEs accepted (the call's first attempt); {doc_dir}, for the first "
             "attempt.", labels=("direction", "edge"))
-        answered = CounterMetricFamily(
+        answered = _Family.counter(
             "sipedge_calls_answered",
             f"Calls answered (a 2xx to the initial INVITE relayed upstream); {doc_dir} that "
             "answered.", labels=("direction", "edge"))
@@ -328,7 +403,7 @@ class SipedgeCollector(Collector):
                 family.add_metric(labels, count)
             yield family
 
-        failed = CounterMetricFamily(
+        failed = _Family.counter(
             "sipedge_calls_failed",
             f"Calls that failed (a non-2xx final response went upstream, relayed or sipedge's "
             f"own), by class of that response; {doc_dir} that gave the last answer.",
@@ -353,9 +428,9 @@ class SipedgeCollector(Collector):
              "Answered calls forgotten after a long idle time (their BYE never completed).",
              stats.calls_idle_expired),
         ):
-            yield CounterMetricFamily(name, doc, value=value)
+            yield _Family.single(name, doc, "counter", value)
 
-        failovers = CounterMetricFamily(
+        failovers = _Family.counter(
             "sipedge_failovers",
             "Call attempts moved off a gateway, by its edge (from_edge), the next gateway's "
             "edge (to_edge; none: no gateway left, the call failed) and reason (transport_error,"
@@ -376,70 +451,67 @@ class SipedgeCollector(Collector):
              "Initial INVITE received to the 2xx relayed (includes ringing), by the edge that "
              "answered.", stats.answer_time, ANSWER_BUCKETS_S),
         ):
-            family = HistogramMetricFamily(name, doc, labels=("edge",))
+            family = _Family.histogram(name, doc, labels=("edge",))
             keys = dict.fromkeys([*edges, *table])  # configured edges first, then any other
             for edge in keys:
-                hist = table.get(edge)
-                family.add_metric((_edge(edge),), _Buckets.of(hist, bounds),
-                                  hist.sum if hist is not None else 0.0)
+                family.add_histogram((_edge(edge),), table.get(edge), bounds)
             yield family
 
-        rtt = HistogramMetricFamily(
+        rtt = _Family.histogram(
             "sipedge_probe_rtt_seconds",
             "Round-trip time of answered OPTIONS probes, by gateway.",
             labels=("gateway", "edge"))
         gw_edges = {s.id: s.edge for s in snapshot}
         table = stats.probe_rtt
         for gateway_id in dict.fromkeys([*gw_edges, *table]):
-            hist = table.get(gateway_id)
             edge = gw_edges.get(gateway_id) or gateway_id.partition("/")[0]
-            rtt.add_metric((gateway_id, _edge(edge)), _Buckets.of(hist, RTT_BUCKETS_S),
-                           hist.sum if hist is not None else 0.0)
+            rtt.add_histogram((gateway_id, _edge(edge)), table.get(gateway_id), RTT_BUCKETS_S)
         yield rtt
 
     @staticmethod
     def _gateways(snapshot: list[GatewayStatus], edges: list[str]) -> Iterator[Metric]:
         gl = ("gateway", "edge")
-        up = GaugeMetricFamily("sipedge_gateway_up",
+        up = _Family.gauge("sipedge_gateway_up",
                                "1 if the gateway is UP (takes calls first), else 0.",
                                labels=("gateway", "edge", "region"))
-        state = GaugeMetricFamily(
+        state = _Family.gauge(
             "sipedge_gateway_state",
             "Gateway health, one-hot: 1 for the current state (probing, up, down, admin_down).",
             labels=("gateway", "edge", "region", "state"))
-        changes = CounterMetricFamily(
+        changes = _Family.counter(
             "sipedge_gateway_state_changes",
             "Gateway health state changes, by typed reason.", labels=(*gl, "reason"))
-        code = GaugeMetricFamily(
+        code = _Family.gauge(
             "sipedge_gateway_last_probe_code",
             "Status code of the last OPTIONS probe reply (0: timed out, send failed, or not "
             "probed yet).", labels=gl)
-        probes = CounterMetricFamily("sipedge_gateway_probes",
+        probes = _Family.counter("sipedge_gateway_probes",
                                      "OPTIONS probe results observed per gateway.", labels=gl)
-        probe_failures = CounterMetricFamily(
+        probe_failures = _Family.counter(
             "sipedge_gateway_probe_failures",
             "Probe results that counted as failures (timeouts, send failures, unhealthy "
             "codes, 503).", labels=gl)
-        call_failures = CounterMetricFamily(
+        call_failures = _Family.counter(
             "sipedge_gateway_call_failures",
             "Call attempts that failed on the gateway (failover reasons).", labels=gl)
-        priority = GaugeMetricFamily(
+        priority = _Family.gauge(
             "sipedge_gateway_priority",
             "Priority group of the gateway's edge (0 = preferred).", labels=gl)
         per_edge_up = dict.fromkeys(edges, 0)
         per_edge_all = dict.fromkeys(edges, 0)
-        healths = tuple(Health)
-        reasons = tuple(ChangeReason)
+        # (member, label value) pairs: Enum.value is a descriptor call, 1,400 per scrape here.
+        healths = tuple((h, h.value) for h in Health)
+        reasons = tuple((r, r.value) for r in ChangeReason)
         for s in snapshot:
-            edge = _edge(s.edge)
-            is_up = s.state is Health.UP
-            up.add_metric((s.id, edge, s.region), 1 if is_up else 0)
-            for h in healths:
-                state.add_metric((s.id, edge, s.region, h.value), 1 if s.state is h else 0)
+            gid, edge, region, current = s.id, _edge(s.edge), s.region, s.state
+            is_up = current is Health.UP
+            up.add_metric((gid, edge, region), 1 if is_up else 0)
+            for h, h_value in healths:
+                state.add_metric((gid, edge, region, h_value), 1 if current is h else 0)
             by_reason = s.changes_by_reason
-            for r in reasons:
-                changes.add_metric((s.id, edge, r.value), by_reason.get(r, 0))
-            labels = (s.id, edge)
+            for r, r_value in reasons:
+                changes.add_metric((gid, edge, r_value), by_reason.get(r, 0))
+            labels = (gid, edge)
             code.add_metric(labels, s.last_code or 0)
             probes.add_metric(labels, s.probes)
             probe_failures.add_metric(labels, s.probe_failures)
@@ -449,11 +521,11 @@ class SipedgeCollector(Collector):
             per_edge_all[s.edge] += 1
         yield from (up, state, changes, code, probes, probe_failures, call_failures, priority)
 
-        edge_up = GaugeMetricFamily(
+        edge_up = _Family.gauge(
             "sipedge_edge_gateways_up",
             "Gateways of the edge that are UP (0: the edge is down, calls fail over).",
             labels=("edge",))
-        edge_all = GaugeMetricFamily("sipedge_edge_gateways",
+        edge_all = _Family.gauge("sipedge_edge_gateways",
                                      "Gateways configured for the edge.", labels=("edge",))
         for edge in edges:
             edge_up.add_metric((_edge(edge),), per_edge_up[edge])
@@ -462,28 +534,28 @@ class SipedgeCollector(Collector):
         yield edge_all
 
     def _gauges(self, stats: ProxyStats, draining: bool) -> Iterator[Metric]:
-        tx = GaugeMetricFamily(
+        tx = _Family.gauge(
             "sipedge_transactions_in_progress",
             "SIP transactions held: kind=server (requests received), client (requests sent, "
             "probes included).", labels=("kind",))
         tx.add_metric(("server",), stats.server_transactions)
         tx.add_metric(("client",), stats.client_transactions)
         yield tx
-        yield GaugeMetricFamily(
+        yield _Family.gauge(
             "sipedge_calls_in_progress",
             "Answered calls whose BYE has not had its final response yet.",
             value=stats.calls_in_progress)
-        yield GaugeMetricFamily(
+        yield _Family.gauge(
             "sipedge_calls_setting_up",
             "Initial INVITEs still waiting for their final response.",
             value=stats.calls_setting_up)
-        yield GaugeMetricFamily(
+        yield _Family.gauge(
             "sipedge_draining",
             "1 while draining (new calls refused with 503, in-dialog requests relayed), else 0.",
             value=1 if draining else 0)
         if self._state is not None:
             current = self._state()
-            family = GaugeMetricFamily(
+            family = _Family.gauge(
                 "sipedge_state",
                 "Daemon lifecycle state, one-hot: starting, ready, reloading, draining, "
                 "stopped.", labels=("state",))
@@ -495,17 +567,17 @@ class SipedgeCollector(Collector):
         monitor = self._loop_lag
         if monitor is not None:
             hist = monitor.histogram
-            lag = HistogramMetricFamily(
+            lag = _Family.histogram(
                 "sipedge_event_loop_lag_seconds",
                 "How late the event loop ran a timer due every "
                 f"{monitor.interval_s:g}s (time the loop was blocked).")
-            lag.add_metric((), _Buckets.of(hist, hist.bounds), hist.sum)
+            lag.add_histogram((), hist, hist.bounds)
             yield lag
-            yield GaugeMetricFamily(
+            yield _Family.gauge(
                 "sipedge_event_loop_last_lag_seconds",
                 "Lag of the latest event-loop timer tick.", value=monitor.last_lag_s)
         info = self._build_info
-        build = GaugeMetricFamily("sipedge_build_info",
+        build = _Family.gauge("sipedge_build_info",
                                   "Always 1; the labels say which sipedge and Python run.",
                                   labels=tuple(info))
         build.add_metric(tuple(info.values()), 1)
@@ -541,14 +613,143 @@ def make_registry(driver: Callable[[], DriverView], *,
     return registry
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
-    """The registry's samples in the Prometheus text format 0.0.4 (``CONTENT_TYPE``)."""
-    return generate_latest(registry)
+def exposition(registry: Collector) -> bytes:
+    """The registry's samples in the Prometheus text format 0.0.4 (``CONTENT_TYPE``).
+
+    Byte for byte what ``prometheus_client.generate_latest`` writes (tests compare the two),
+    about four times faster (``bench/scrape.py`` prints both): a 200-gateway pool has ~6,600
+    samples, and generate_latest sorts, validates and escapes every label of every sample on
+    every scrape, ~70 ms here, while the admin handler runs on the event loop that carries
+    the SIP traffic. Here a series' ``name{labels}`` head is rendered the first time it is
+    seen and reused (it only changes when the series does), and integer values skip the
+    float formatting. Families this fast path does not handle (info, summary, stateset,
+    ``_created`` samples, names outside the legacy charset) go through generate_latest.
+    """
+    out: list[str] = []
+    append = out.append
+    for metric in registry.collect():
+        lines = _render_rows(metric) if isinstance(metric, _Family) else _fast_family(metric)
+        if lines is None:
+            append(generate_latest(_Single(metric)).decode("utf-8"))
+        else:
+            out.extend(lines)
+    return "".join(out).encode("utf-8")
 
 
-def metrics_endpoint(registry: CollectorRegistry) -> Callable[[], bytes]:
+class _Single:
+    """A collector of one family (the generate_latest fallback of ``exposition``)."""
+
+    __slots__ = ("metric",)
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+
+    def collect(self) -> list[Metric]:
+        return [self.metric]
+
+
+_LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LEGACY_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_SUFFIXES: Final = {"counter": ("_total",), "gauge": ("",),
+                    "histogram": ("_bucket", "_count", "_sum")}
+#: Rendered ``name{label="value",...}`` of other collectors' samples by (sample name, *label
+#: items): a series' head is the same on every scrape, and rendering it (sort, validate,
+#: escape, join) is most of the cost. Both caches are bounded by the series count.
+_HEADS: dict[tuple[object, ...], str] = {}
+_HEADS_MAX: Final = 100_000
+
+
+def _render_head(name: str, labels: dict[str, str]) -> str | None:
+    """``name{k="v",...}`` with sorted, escaped labels; None if a label name is invalid."""
+    parts = []
+    for key in sorted(labels):
+        if not _LEGACY_LABEL.match(key):
+            return None
+        value = labels[key]
+        if "\\" in value or '"' in value or "\n" in value:
+            value = value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+        parts.append(f'{key}="{value}"')
+    return name + "{" + ",".join(parts) + "}"
+
+
+#: ``name{labels}`` of our own rows by (sample name, label values).
+_ROW_HEADS: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def _value_text(value: float) -> str:
+    if value.__class__ is int and -1_000_000 < value < 1_000_000:
+        return f"{value}.0"  # what floatToGoString gives for these
+    return floatToGoString(value)  # type: ignore[no-untyped-call, no-any-return]  # untyped upstream
+
+
+def _render_rows(family: _Family) -> list[str] | None:
+    """The text lines of one of our families (names and labels are ours: valid)."""
+    name = family.sample_name
+    doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    lines = [f"# HELP {name} {doc}\n# TYPE {name} {family.type}\n"]
+    append = lines.append
+    heads = _ROW_HEADS
+    names_of = family.names_of
+    for sname, values, value in family.rows:
+        if values:
+            key = (sname, values)
+            head = heads.get(key)
+            if head is None:
+                head = _render_head(sname, dict(zip(names_of[sname], values, strict=True)))
+                if head is None:
+                    return None
+                if len(heads) >= _HEADS_MAX:
+                    heads.clear()  # series churned (reloads): start over, stay bounded
+                heads[key] = head
+        else:
+            head = sname
+        if value.__class__ is int and -1_000_000 < value < 1_000_000:
+            append(f"{head} {value}.0\n")  # _value_text inlined: most values are counts
+        else:
+            append(f"{head} {_value_text(value)}\n")
+    return lines
+
+
+def _fast_family(metric: Metric) -> list[str] | None:
+    """The text lines of one family, or None when ``generate_latest`` must write it."""
+    suffixes = _SUFFIXES.get(metric.type)
+    name = metric.name
+    if suffixes is None or not _LEGACY_NAME.match(name):
+        return None
+    shown = name + "_total" if metric.type == "counter" else name
+    doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    lines = [f"# HELP {shown} {doc}\n# TYPE {shown} {metric.type}\n"]
+    append = lines.append
+    allowed = {name + suffix for suffix in suffixes}
+    heads = _HEADS
+    for sample in metric.samples:
+        sname = sample.name
+        if sname not in allowed:
+            return None  # _created, _gsum...: generate_latest moves those into families
+        labels = sample.labels
+        if labels:
+            key = (sname, *labels.items())
+            head = heads.get(key)
+            if head is None:
+                head = _render_head(sname, labels)
+                if head is None:
+                    return None
+                if len(heads) >= _HEADS_MAX:
+                    heads.clear()  # series churned (reloads): start over, stay bounded
+                heads[key] = head
+        else:
+            head = sname
+        text = _value_text(sample.value)
+        if sample.timestamp is not None:
+            append(f"{head} {text} {int(float(sample.timestamp) * 1000):d}\n")
+        else:
+            append(f"{head} {text}\n")
+    return lines
+
+
+def metrics_endpoint(registry: Collector) -> Callable[[], bytes]:
     """The ``metrics=`` callable of ``AdminServer``/``make_app``: one exposition per call."""
     def scrape() -> bytes:
-        return generate_latest(registry)
+        return exposition(registry)
     return scrape
 
