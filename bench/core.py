@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import logging
+import os
 import pstats
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sipedge.config import load_config
 from sipedge.daemon import build_core, tune_gc
 from sipedge.proxy.core import ProxyCore, Send
+from sipedge.proxy.events import Event
 from sipedge.sip.address import Endpoint
 from sipedge.sip.message import Request, build_response, parse
 
@@ -87,7 +91,7 @@ def _answer(send: Send, status: int, n: int, with_rr: bool) -> bytes:
     return build_response(req, status, to_tag=b"gw%d" % n, headers=headers)
 
 
-def run(calls: int) -> float:
+def run(calls: int, on_event: Callable[[Event], None] | None = None) -> float:
     core = _make_core()
     now = 100.0
     start = time.perf_counter()
@@ -103,7 +107,10 @@ def run(calls: int) -> float:
         bye = next(s for s in core.drain_outbox() if s.data.startswith(b"BYE"))
         core.receive(_answer(bye, 200, n, False), bye.dest, OUTSIDE, now)
         core.drain_outbox()
-        core.drain_events()  # the driver hands them to the event logger after every input
+        events = core.drain_events()  # the driver hands them to the event logger
+        if on_event is not None:
+            for event in events:
+                on_event(event)
         now += 0.001
         if n % 256 == 0:
             core.handle_timer(now)
@@ -120,19 +127,29 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--eventlog", action="store_true",
+                        help="log every event as the daemon does (INFO, to /dev/null)")
     parser.add_argument("--default-gc", action="store_true",
                         help="keep CPython's GC thresholds instead of the daemon's tune_gc()")
     args = parser.parse_args()
+    on_event = None
+    if args.eventlog:
+        from sipedge.eventlog import EventLogger
+        from sipedge.logs import setup_logging
+
+        setup_logging("info")
+        logging.getLogger().handlers[0].setStream(open(os.devnull, "w"))  # noqa: SIM115
+        on_event = EventLogger()
     if not args.default_gc:
         tune_gc()  # the daemon runs with these settings (sipedge.daemon.run)
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        run(args.calls)
+        run(args.calls, on_event)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
-    rates = [run(args.calls) for _ in range(args.repeats)]
+    rates = [run(args.calls, on_event) for _ in range(args.repeats)]
     # The gateway's answers are built with the same parser: their cost is included, so
     # the figure is a lower bound on the core's own rate.
     print(f"core_calls_per_s={statistics.median(rates):.0f} (median of {args.repeats}, "
