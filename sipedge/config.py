@@ -46,6 +46,7 @@ from typing import (
 from sipedge.catalogue import CatalogueError, EdgeMatch
 from sipedge.catalogue import load as load_catalogue
 from sipedge.logs import LOG_FORMATS, LogFormat
+from sipedge.proxy.media import MediaRange
 from sipedge.proxy.settings import ProxySettings, RejectUnknown
 from sipedge.sip.address import TRANSPORTS, Endpoint, default_port
 from sipedge.sip.timers import Timers
@@ -216,10 +217,13 @@ class InboundConfig:
         strip_edge_params: remove ``edge``/``tnx`` Request-URI parameters before the PBX.
         reject_unknown: a request from an unknown source is dropped silently or
             answered 403.
+        check_media: read the SDP of INVITEs and answers from Twilio and warn (and count)
+            when its media is outside Twilio's Interconnect media range.
     """
 
     strip_edge_params: bool = False
     reject_unknown: RejectPolicy = "drop"
+    check_media: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -881,7 +885,8 @@ class _Loader:
 
     def inbound(self, raw: Any, where: str) -> InboundConfig:
         t = _Table(self, raw, where, InboundConfig)
-        return t.build(strip_edge_params=self.flag, reject_unknown=self.reject_policy)
+        return t.build(strip_edge_params=self.flag, reject_unknown=self.reject_policy,
+                       check_media=self.flag)
 
     def tls(self, raw: Any, where: str) -> TlsConfig:
         t = _Table(self, raw, where, TlsConfig)
@@ -1042,7 +1047,14 @@ def build_settings(config: Config) -> ProxySettings:
         probe_timeout_s=config.probe.timeout_s,
         # About twice the down-probe interval: by then a recovered gateway is seen UP.
         retry_after_s=max(1, round(2 * config.probe.interval_down_s)),
+        media=_media_range() if config.inbound.check_media else None,
     )
+
+
+def _media_range() -> MediaRange:
+    catalogue = load_catalogue()
+    low, high = catalogue.media_ports
+    return MediaRange(catalogue.media_network, low, high)
 
 
 # ----------------------------------------------------------------------------------------

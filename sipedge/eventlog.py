@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from sipedge.catalogue import load as load_catalogue
 from sipedge.logs import RateLimitedLogger
 from sipedge.proxy.events import (
     CallAnswered,
@@ -25,9 +26,11 @@ from sipedge.proxy.events import (
     Event,
     FailoverReason,
     GatewayStateChanged,
+    MediaOutsideRange,
     MessageDropped,
     RequestRejected,
 )
+from sipedge.proxy.media import MediaIssue
 
 __all__ = ["EventLogger"]
 
@@ -43,6 +46,9 @@ class EventLogger:
 
     def __init__(self) -> None:
         self.limited = RateLimitedLogger(logging.getLogger("sipedge.events"))
+        catalogue = load_catalogue()
+        low, high = catalogue.media_ports
+        self.media_range = f"{catalogue.media_network}, UDP {low}-{high}"
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, CallEnded):
@@ -79,6 +85,13 @@ class EventLogger:
             self.limited.log(logging.INFO, f"dropped:{event.reason.value}",
                              "dropped message from %s: %s%s", event.peer,
                              event.reason.value.replace("_", " "), detail)
+        elif isinstance(event, MediaOutsideRange):
+            what = "media address" if event.issue is MediaIssue.ADDRESS else "media port"
+            self.limited.log(logging.WARNING, f"media:{event.issue.value}",
+                             "call %s: SDP from %s has %s %s outside Twilio's Interconnect "
+                             "media range (%s): is its media on the public path, or is the "
+                             "range stale?", event.call_id, event.peer, what, event.value,
+                             self.media_range)
         elif isinstance(event, DeprecatedParameterSeen):
             self.limited.log(logging.WARNING, "tnx",
                              "request from %s uses the deprecated tnx=%s URI parameter; "

@@ -50,6 +50,7 @@ from sipedge import __version__
 from sipedge.gateway.health import ChangeReason, Health
 from sipedge.gateway.pool import GatewayStatus
 from sipedge.proxy.events import DropReason
+from sipedge.proxy.media import MediaIssue
 from sipedge.proxy.routing import Direction
 from sipedge.proxy.stats import (
     ANSWER_BUCKETS_S,
@@ -352,6 +353,16 @@ class SipedgeCollector(Collector):
             dropped.add_metric((reason.value,), stats.drops.get(reason, 0))
         yield dropped
 
+        media = _Family.counter(
+            "sipedge_sdp_media_outside_range",
+            "SDP from Twilio whose media is outside Twilio's Interconnect media range "
+            "(issue=address: a c= address outside 168.86.128.0/18 or not IPv4; issue=port: "
+            "an m= port outside UDP 10000-60000): public-path media or a stale range.",
+            labels=("issue",))
+        for issue in MediaIssue:
+            media.add_metric((issue.value,), stats.media_outside_range.get(issue, 0))
+        yield media
+
         parse = _Family.counter(
             "sipedge_parse_errors",
             "Messages that failed to parse, by the status sipedge answered (status=drop: "
@@ -376,6 +387,9 @@ class SipedgeCollector(Collector):
             ("sipedge_tnx_parameter",
              "Requests from Twilio carrying the deprecated tnx URI parameter.",
              stats.tnx_deprecated),
+            ("sipedge_sdp_checked",
+             "SDP bodies of INVITEs and answers from Twilio read by the media check.",
+             stats.sdp_checked),
             ("sipedge_internal_errors",
              "Bugs caught by the driver: an exception in the core cost one message.",
              internal_errors),

@@ -44,9 +44,11 @@ from sipedge.proxy.events import (
     DropReason,
     Event,
     FailoverReason,
+    MediaOutsideRange,
     MessageDropped,
     RequestRejected,
 )
+from sipedge.proxy.media import check_sdp
 from sipedge.proxy.rewrite import (
     BRANCH_PREFIX,
     branch_for,
@@ -515,6 +517,8 @@ class ProxyCore:
         popped, next_route = self._own_routes(req)
         in_dialog = req.to_tag is not None or next_route is not None
         if method == b"INVITE":
+            if direction is Direction.INBOUND and self.settings.media is not None:
+                self._check_media(req, peer)
             if self.draining and not in_dialog:
                 # Draining: refuse the new call (the PBX retries elsewhere), no 100 first.
                 self.stats.draining_503 += 1
@@ -551,6 +555,28 @@ class ProxyCore:
             self._respond_stateless(req, peer, local, 403, b"Forbidden", ())
         else:
             self._drop(peer, DropReason.SOURCE_NOT_ALLOWED)
+
+    def _check_media(self, msg: Request | Response, peer: Endpoint) -> None:
+        """Read (never rewrite) the SDP of an INVITE or answer from Twilio (``proxy.media``).
+
+        Only INVITEs from gateways and 18x/2xx answers from them get here; the body is
+        looked at only when there is one.
+        """
+        body = msg.body
+        media = self.settings.media
+        if not body or media is None:
+            return
+        content_type = msg.header(b"content-type") or b""
+        if not content_type.lower().startswith(b"application/sdp"):
+            return
+        self.stats.sdp_checked += 1
+        problem = check_sdp(body, media)
+        if problem is None:
+            return
+        table = self.stats.media_outside_range
+        table[problem.issue] = table.get(problem.issue, 0) + 1
+        self._events.append(MediaOutsideRange(msg.call_id.decode("ascii", "replace"), peer,
+                                              problem.issue, problem.value))
 
     def _drop(self, peer: Endpoint, reason: DropReason, detail: str = "") -> None:
         self.stats.count_drop(reason)
@@ -1001,6 +1027,8 @@ class ProxyCore:
                 return  # 100 is hop-by-hop (§16.7 step 5)
             if ctx.is_call and not ctx.rang and 180 <= status < 190:
                 self._call_rang(ctx, branch.gateway, now)
+            if branch.gateway is not None and self.settings.media is not None:
+                self._check_media(resp, branch.dest)
             self._forward_response(ctx, resp, now)
             return
         branch.final = status
@@ -1010,6 +1038,9 @@ class ProxyCore:
                 self._events.extend(self.pool.observe_call(branch.gateway.id, True, now))
             if not ctx.call_done:
                 ctx.decided_by = branch.gateway
+            if (branch.gateway is not None and self.settings.media is not None
+                    and branch.tx.is_invite):
+                self._check_media(resp, branch.dest)
             self._forward_response(ctx, resp, now)
             ctx.done = True
             return

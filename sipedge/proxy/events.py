@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass
 
 from sipedge.gateway.health import ChangeReason, GatewayStateChanged
+from sipedge.proxy.media import MediaIssue
 from sipedge.sip.address import Endpoint
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Event",
     "FailoverReason",
     "GatewayStateChanged",
+    "MediaOutsideRange",
     "MessageDropped",
     "RequestRejected",
 ]
@@ -129,6 +131,16 @@ class CallFailedOver:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaOutsideRange:
+    """An SDP from Twilio names media outside Twilio's Interconnect media range."""
+
+    call_id: str
+    peer: Endpoint
+    issue: MediaIssue
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeprecatedParameterSeen:
     """A request from Twilio carried the deprecated ``tnx`` URI parameter."""
 
@@ -139,4 +151,5 @@ class DeprecatedParameterSeen:
 Event = (
     RequestRejected | MessageDropped | CallFailedOver | DeprecatedParameterSeen
     | GatewayStateChanged | CallStarted | CallAnswered | CallFailed | CallEnded
+    | MediaOutsideRange
 )

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from enum import Enum
 
+from sipedge.proxy.media import MediaRange
 from sipedge.sip.address import Endpoint
 from sipedge.sip.timers import Timers
 
@@ -48,6 +49,8 @@ class ProxySettings:
         probe_timeout_s: an OPTIONS probe without a reply in this time is ``TimedOut``.
         retry_after_s: Retry-After on the 503 sent when no gateway is usable.
         max_message_bytes: larger messages are refused with 513.
+        media: Twilio's media range for the SDP check of INVITEs and answers from the
+            gateways (``proxy.media``); None turns the check off.
         user_agent: a User-Agent value for requests sipedge originates (not read by the
             core today; probes take theirs from ``gateway.probe``).
     """
@@ -64,5 +67,6 @@ class ProxySettings:
     no_provisional_timeout_s: float
     probe_timeout_s: float
     retry_after_s: int
+    media: MediaRange | None = None
     max_message_bytes: int = 65535
     user_agent: bytes = b"sipedge"

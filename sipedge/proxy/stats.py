@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from sipedge.proxy.events import DropReason, FailoverReason
+from sipedge.proxy.media import MediaIssue
 from sipedge.proxy.routing import Direction
 
 __all__ = [
@@ -118,6 +119,8 @@ class ProxyStats:
     pdd: dict[str, Histogram] = field(default_factory=dict)  # by edge
     answer_time: dict[str, Histogram] = field(default_factory=dict)  # by edge
     probe_rtt: dict[str, Histogram] = field(default_factory=dict)  # by gateway id
+    sdp_checked: int = 0
+    media_outside_range: dict[MediaIssue, int] = field(default_factory=dict)
     # gauges, refreshed by the core at scrape time (ProxyCore.refresh_gauges)
     server_transactions: int = 0
     client_transactions: int = 0
