@@ -8,6 +8,8 @@ profiled in a repeatable way:
     python bench/core.py              # calls/s, median of 5 runs
     python bench/core.py --profile    # cProfile of one run, top 25 by self time
     python bench/core.py --default-gc # without the daemon's tune_gc() (CPython defaults)
+    python bench/core.py --sdp        # the gateway answers with SDP (the media check runs)
+    python bench/core.py --eventlog   # events logged as the daemon does (INFO, /dev/null)
 """
 
 from __future__ import annotations
@@ -84,21 +86,31 @@ def _make_core() -> ProxyCore:
     return core
 
 
-def _answer(send: Send, status: int, n: int, with_rr: bool) -> bytes:
+#: The answer SDP of a Twilio gateway (media inside 168.86.128.0/18, UDP 10000-60000).
+TWILIO_SDP = (b"v=0\r\no=- 1 1 IN IP4 168.86.130.7\r\ns=-\r\nc=IN IP4 168.86.130.7\r\n"
+              b"t=0 0\r\nm=audio 18000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n")
+SDP_HEADERS = [(b"Content-Type", b"application/sdp")]
+
+
+def _answer(send: Send, status: int, n: int, with_rr: bool, sdp: bool = False) -> bytes:
     req = parse(send.data)
     assert isinstance(req, Request)
     headers = [(b"Record-Route", v) for v in req.header_values(b"record-route")] if with_rr else []
+    if sdp:
+        return build_response(req, status, to_tag=b"gw%d" % n, headers=headers + SDP_HEADERS,
+                              body=TWILIO_SDP)
     return build_response(req, status, to_tag=b"gw%d" % n, headers=headers)
 
 
-def run(calls: int, on_event: Callable[[Event], None] | None = None) -> float:
+def run(calls: int, on_event: Callable[[Event], None] | None = None,
+        sdp: bool = False) -> float:
     core = _make_core()
     now = 100.0
     start = time.perf_counter()
     for n in range(calls):
         core.receive(INVITE.format(n=n).encode(), PBX, INSIDE, now)
         fwd = next(s for s in core.drain_outbox() if s.data.startswith(b"INVITE"))
-        core.receive(_answer(fwd, 200, n, True), fwd.dest, OUTSIDE, now)
+        core.receive(_answer(fwd, 200, n, True, sdp), fwd.dest, OUTSIDE, now)
         core.drain_outbox()
         gw = fwd.dest.host
         core.receive(IN_DIALOG.format(method="ACK", cseq=1, n=n, gw=gw).encode(), PBX, INSIDE, now)
@@ -127,6 +139,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sdp", action="store_true",
+                        help="the gateway's 200 carries an SDP (the media check reads it)")
     parser.add_argument("--eventlog", action="store_true",
                         help="log every event as the daemon does (INFO, to /dev/null)")
     parser.add_argument("--default-gc", action="store_true",
@@ -145,11 +159,11 @@ def main() -> None:
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        run(args.calls, on_event)
+        run(args.calls, on_event, args.sdp)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
-    rates = [run(args.calls, on_event) for _ in range(args.repeats)]
+    rates = [run(args.calls, on_event, args.sdp) for _ in range(args.repeats)]
     # The gateway's answers are built with the same parser: their cost is included, so
     # the figure is a lower bound on the core's own rate.
     print(f"core_calls_per_s={statistics.median(rates):.0f} (median of {args.repeats}, "
