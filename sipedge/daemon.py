@@ -327,7 +327,9 @@ class Daemon:
         log.info("draining: new calls refused (503); %d calls in progress, %d requests "
                  "pending; waiting up to %g s", core.calls_in_progress, core.pending_requests(),
                  timeout_s)
-        while not core.is_quiescent() and not self._hard_stop.is_set():
+        while not core.is_quiescent():
+            if self._hard_stop.is_set():
+                return  # a second stop request: request_stop logged it and stops us
             left = deadline - loop.time()
             if left <= 0:
                 log.warning("drain timed out after %g s: %d calls, %d requests still open",

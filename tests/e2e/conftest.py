@@ -14,7 +14,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -89,17 +91,33 @@ def udp_bound(host: str, port: int) -> bool:
     return False
 
 
-class Daemon:
-    """``sipedge run`` as a subprocess; stderr captured to a file for assertions."""
+#: What systemd hands a service; a daemon under test gets these only when a test says so.
+_SERVICE_ENV = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"})
 
-    def __init__(self, config: Path, log: Path) -> None:
+
+class Daemon:
+    """``sipedge run`` as a subprocess; stderr captured to a file for assertions.
+
+    Args:
+        config: the config file.
+        log: where the daemon's stdout/stderr go.
+        env: extra environment (``NOTIFY_SOCKET``, ``WATCHDOG_USEC``…) over ours.
+        log_level: ``--log-level`` (None: the config's ``[log] level`` rules, reloads too).
+    """
+
+    def __init__(self, config: Path, log: Path, *, env: Mapping[str, str] | None = None,
+                 log_level: str | None = "info") -> None:
         self.config = config
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sipedge", "run", "--config", str(config),
-             "--log-level", "info"],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        args = [sys.executable, "-m", "sipedge", "run", "--config", str(config)]
+        if log_level is not None:
+            args += ["--log-level", log_level]
+        # Never the test runner's own service manager: a CI job running under systemd
+        # must not get the daemon's READY=1/WATCHDOG=1 (nor its journal log format).
+        inherited = {k: v for k, v in os.environ.items() if k not in _SERVICE_ENV}
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=ROOT, env={**inherited, **(env or {})})
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -113,6 +131,25 @@ class Daemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Signal the daemon (SIGHUP reloads, SIGTERM drains then stops)."""
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code once the daemon has exited (``TimeoutExpired`` after ``timeout``)."""
+        return self.proc.wait(timeout)
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 10.0) -> str:
+        """Wait until ``text`` occurs ``count`` times in the log; the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if log.count(text) >= count:
+                return log
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"{text!r} not seen {count}x in the log:\n{log[-5000:]}")
+            time.sleep(0.05)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -123,6 +160,16 @@ class Daemon:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def admin_get(path: str, *, host: str = "127.0.0.1:9191", timeout: float = 3.0) -> tuple[int, str]:
+    """GET ``path`` from the daemon's admin listener (never through a proxy): status, body."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://{host}{path}", timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode("utf-8", "replace")
 
 
 class Sipp:
@@ -191,21 +238,44 @@ def uas(make: object, ip: str, *, transport: str = "u1", scenario: Path | None =
 
 def uac(make: object, target: str, *, calls: int, rate: int = 10, ip: str = "127.0.0.1",
         port: int = 5099, transport: str = "u1", scenario: Path | None = None,
-        service: str = "+14155550100", name: str = "uac", timeout_s: int = 30) -> Sipp:
-    """A SIPp caller placing ``calls`` calls at ``rate``/s to ``target``."""
+        service: str = "+14155550100", name: str = "uac", timeout_s: int = 30,
+        extra: Sequence[str] = ()) -> Sipp:
+    """A SIPp caller placing ``calls`` calls at ``rate``/s to ``target``.
+
+    ``extra`` adds SIPp options (``-d`` hold time in ms; ``sipp_counts`` needs
+    ``-trace_stat``, which ``STATS`` holds).
+    """
     scen = scenario or BENCH_SCENARIOS / "uac.xml"
     return make(name, ["-sf", str(scen), "-s", service, "-i", ip, "-p", str(port), "-t",  # type: ignore[operator, no-any-return]
                        transport, "-m", str(calls), "-r", str(rate), "-timeout",
                        f"{timeout_s}s", "-recv_timeout", "10000", "-max_recv_loops", "1000",
-                       "-trace_msg", "-message_file", "messages.log", target])
+                       "-trace_msg", "-message_file", "messages.log", *extra, target])
+
+
+#: SIPp options writing its statistics CSV (``stats.csv``, final line at exit).
+STATS = ("-trace_stat", "-stf", "stats.csv")
+
+
+def sipp_counts(sipp: Sipp) -> dict[str, int]:
+    """The cumulative call counts of a finished SIPp run with ``STATS``.
+
+    Returns:
+        ``{"total": …, "successful": …, "failed": …}`` from the CSV's last line.
+    """
+    lines = (sipp.cwd / "stats.csv").read_text(errors="replace").splitlines()
+    header, last = lines[0].split(";"), lines[-1].split(";")
+    row = dict(zip(header, last, strict=False))
+    return {"total": int(row["TotalCallCreated"]),
+            "successful": int(row["SuccessfulCall(C)"]),
+            "failed": int(row["FailedCall(C)"])}
 
 
 @pytest.fixture
 def daemon_factory(tmp_path: Path) -> Iterator[object]:
     started: list[Daemon] = []
 
-    def make(config: Path) -> Daemon:
-        d = Daemon(config, tmp_path / f"sipedge-{len(started)}.log")
+    def make(config: Path, **kwargs: object) -> Daemon:
+        d = Daemon(config, tmp_path / f"sipedge-{len(started)}.log", **kwargs)  # type: ignore[arg-type]
         started.append(d)
         return d
 
