@@ -89,4 +89,4 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
     for warning in config.warnings:
         print(f"sipedge: warning: {warning}", file=sys.stderr)
-    return run(config, log_level=args.log_level)
+    return run(config, log_level=args.log_level, log_format=args.log_format)

@@ -27,6 +27,7 @@ from sipedge.gateway.health import GatewayStateChanged, Health, HealthPolicy, Re
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
 from sipedge.lifecycle import Lifecycle, Phase
+from sipedge.logs import setup_logging
 from sipedge.metrics import LoopLagMonitor, make_registry, metrics_endpoint
 from sipedge.notify import Notifier
 from sipedge.proxy.core import ProxyCore
@@ -197,16 +198,22 @@ class Daemon:
         notifier: systemd notifications (default: from ``NOTIFY_SOCKET``; no-op without).
         log_level: a ``--log-level`` given on the command line wins over ``[log] level``,
             on reload too.
+        log_format: likewise ``--log-format`` over ``[log] format``.
     """
 
     def __init__(self, config: Config, *, resolver: Rfc3263Resolver | None = None,
-                 notifier: Notifier | None = None, log_level: str | None = None) -> None:
+                 notifier: Notifier | None = None, log_level: str | None = None,
+                 log_format: str | None = None) -> None:
         self.config = config
         self.lifecycle = Lifecycle()
         self.lifecycle.on_move(self._moved)
         self.notifier = notifier if notifier is not None else Notifier.from_env()
         self._resolver = resolver
         self._log_level = log_level
+        self._log_format = log_format
+        #: Listeners a reload removed, kept open for the calls in progress at that reload
+        #: (their Record-Route names these addresses): endpoint → those Call-IDs.
+        self._retiring: dict[Endpoint, frozenset[bytes]] = {}
         self._stopped = asyncio.Event()
         self._hard_stop = asyncio.Event()
         self._reload_again = False
@@ -451,19 +458,46 @@ class Daemon:
         pool = build_pool(new, now, answers)
         core.reconfigure(build_settings(new), pool, now, probed_ids(pool))
         self._rewire()
-        # 3. Old sockets last: requests in flight through them have had their answers
-        # sent from the sockets they came in on; stream connections stay until they end.
-        removed = [ep for ep in old.listen if ep not in set(new.listen)]
-        await transports.remove_listeners(removed)
+        # 3. Old sockets last, and only once the calls set up through them have ended:
+        # their in-dialog requests (BYE, re-INVITE) come to the address in their
+        # Record-Route. Stream connections stay until they end in any case.
+        wanted = set(new.listen)
+        for endpoint in [ep for ep in self._retiring if ep in wanted]:
+            del self._retiring[endpoint]  # listed again: no longer retiring
+        removed = [ep for ep in old.listen if ep not in wanted]
+        calls = core.call_ids()
+        if removed and calls:
+            for endpoint in removed:
+                self._retiring[endpoint] = calls
+            log.info("keeping %s open until the %d calls in progress have ended",
+                     ", ".join(map(str, removed)), len(calls))
+            self._spawn(self._close_retired())
+        else:
+            await transports.remove_listeners(removed)
         if admin is not self.admin:
             if self.admin is not None:
                 await self.admin.aclose()
             self.admin = admin
-        if self._log_level is None:
-            logging.getLogger().setLevel(new.log.level.upper())
+        level = self._log_level or new.log.level
+        if self._log_format is None and new.log.format != old.log.format:
+            setup_logging(level, new.log.format)
+        else:
+            logging.getLogger().setLevel(level.upper())
         edges = ", ".join(e.name for e in new.edges)
         log.info("reloaded %s: edges %s, %d gateways; listeners +%d -%d", new.path, edges,
                  len(pool.gateways()), len(added), len(removed))
+
+    async def _close_retired(self) -> None:
+        """Close retiring listeners as the calls they were kept for end (polled)."""
+        core, transports = self.core, self.transports
+        assert core is not None and transports is not None
+        while self._retiring:
+            await asyncio.sleep(RETIRE_POLL_S)
+            done = [ep for ep, calls in self._retiring.items() if not core.has_any_call(calls)]
+            for endpoint in done:
+                del self._retiring[endpoint]
+            if done:
+                await transports.remove_listeners(done)
 
     def _rewire(self) -> None:
         """After the pool changed: watched UDP gateways, TLS server names, timers."""
@@ -560,6 +594,8 @@ class Daemon:
 
 #: How often the drain checks whether the calls have ended.
 DRAIN_POLL_S = 0.05
+#: How often retiring listeners check whether their calls have ended.
+RETIRE_POLL_S = 1.0
 #: How often STATUS= is refreshed (and, at most, the watchdog pinged).
 STATUS_INTERVAL_S = 5.0
 
@@ -606,14 +642,15 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
-def run(config: Config, *, log_level: str | None = None) -> int:
+def run(config: Config, *, log_level: str | None = None,
+        log_format: str | None = None) -> int:
     """Run the daemon in the foreground: SIGTERM/SIGINT drain then stop, SIGHUP reloads."""
     from sipedge.transport import run as run_loop
 
     tune_gc()
 
     async def main() -> int:
-        daemon = Daemon(config, log_level=log_level)
+        daemon = Daemon(config, log_level=log_level, log_format=log_format)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.request_stop)

@@ -11,6 +11,7 @@ as ``extra={"fields": {...}}`` (call events pass ``call_id``, ``direction``, ``e
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -18,13 +19,14 @@ import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import IO, Any, Literal, get_args
 
 __all__ = [
     "LOG_FORMATS",
     "JsonFormatter",
     "LogFormat",
     "RateLimitedLogger",
+    "is_journal",
     "make_formatter",
     "setup_logging",
 ]
@@ -67,13 +69,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def make_formatter(fmt: str, environ: Mapping[str, str] = os.environ) -> logging.Formatter:
+def is_journal(environ: Mapping[str, str], stream: IO[str] | None) -> bool:
+    """True when ``stream`` is the journal stream systemd named in ``JOURNAL_STREAM``.
+
+    systemd.exec(5): ``JOURNAL_STREAM`` is ``device:inode`` of the stream connected to the
+    journal; a child whose stderr was redirected elsewhere inherits the variable, so it
+    only counts when ``stream`` is that very file. A stream without a descriptor (tests'
+    StringIO) counts when the variable is set.
+    """
+    value = environ.get("JOURNAL_STREAM")
+    if not value:
+        return False
+    if stream is None:
+        return True
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return True
+    dev, _, ino = value.partition(":")
+    return dev == str(info.st_dev) and ino == str(info.st_ino)
+
+
+def make_formatter(fmt: str, environ: Mapping[str, str] = os.environ,
+                   stream: IO[str] | None = None) -> logging.Formatter:
     """The formatter for ``fmt``, ``text`` or ``json``.
 
     Args:
         fmt: one of :data:`LOG_FORMATS`.
         environ: where to look for ``JOURNAL_STREAM`` (set by systemd when stderr goes to
             the journal); ``text`` then omits the time.
+        stream: the stream the records go to (checked against ``JOURNAL_STREAM``).
 
     Returns:
         A ``logging.Formatter``.
@@ -84,7 +109,8 @@ def make_formatter(fmt: str, environ: Mapping[str, str] = os.environ) -> logging
     if fmt == "json":
         return JsonFormatter()
     if fmt == "text":
-        return logging.Formatter(_TEXT_UNDER_JOURNAL if "JOURNAL_STREAM" in environ else _TEXT)
+        journal = is_journal(environ, stream)
+        return logging.Formatter(_TEXT_UNDER_JOURNAL if journal else _TEXT)
     raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
 
 
@@ -99,7 +125,7 @@ def setup_logging(level: str, fmt: str = "text") -> None:
         ValueError: unknown ``level`` or ``fmt``.
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(make_formatter(fmt))
+    handler.setFormatter(make_formatter(fmt, os.environ, sys.stderr))
     root = logging.getLogger()
     root.setLevel(level.upper())
     root.handlers[:] = [handler]

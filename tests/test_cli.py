@@ -68,6 +68,6 @@ def test_run_passes_the_log_format_to_setup_logging(
     calls: list[tuple[str, str]] = []
     monkeypatch.setattr("sipedge.logs.setup_logging",
                         lambda level, fmt="text": calls.append((level, fmt)))
-    monkeypatch.setattr("sipedge.daemon.run", lambda config, log_level=None: 0)
+    monkeypatch.setattr("sipedge.daemon.run", lambda config, log_level=None, log_format=None: 0)
     assert main(["run", "--config", str(conf), *argv]) == 0
     assert calls == [expected]

@@ -19,6 +19,7 @@ from sipedge.config import load_config
 from sipedge.daemon import Daemon, status_line
 from sipedge.lifecycle import Phase
 from sipedge.notify import Notifier
+from tests.helpers.wire import make_request, make_response
 
 CONFIG = """
 [inside]
@@ -195,3 +196,60 @@ async def test_admin_drain_and_undrain_move_the_lifecycle(
     daemon.request_reload()  # ignored while draining
     assert daemon.phase is Phase.DRAINING
     assert daemon.undrain() and daemon.phase is Phase.READY and not daemon.core.draining
+
+
+class Gateway(asyncio.DatagramProtocol):
+    """A minimal UAS on a loopback address: 200 to OPTIONS, INVITE and BYE."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.got: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.got.append(data)
+        if data.startswith((b"OPTIONS", b"INVITE", b"BYE")):
+            assert self.transport is not None
+            self.transport.sendto(make_response(data, 200, b"OK"), addr)
+
+
+async def test_removed_listener_stays_open_until_its_calls_end(
+        lab: tuple[Daemon, Path, FakeSystemd]) -> None:
+    daemon, path, _ = lab
+    loop = asyncio.get_running_loop()
+    gw_transport, gw = await loop.create_datagram_endpoint(Gateway, local_addr=("127.0.7.64", 5060))
+    pbx_transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                           local_addr=("127.0.7.1", 0))
+    try:
+        port = pbx_transport.get_extra_info("sockname")[1]
+        invite = make_request(b"INVITE", b"sip:+14155550100@127.0.7.1:5080",
+                              via=[b"SIP/2.0/UDP 127.0.7.1:%d;branch=z9hG4bK-ret-1" % port],
+                              call_id=b"retire-1")
+        pbx_transport.sendto(invite, ("127.0.7.1", 5080))
+        core = daemon.core
+        assert core is not None
+        await wait_for(lambda: core.calls_in_progress == 1)
+        # The reload moves the outside listener to 127.0.7.4: the answered call's
+        # Record-Route names 127.0.7.3, so that socket must stay until the call ends.
+        write(path, outside='"udp:127.0.7.4:5060"')
+        daemon.request_reload()
+        await wait_for(lambda: daemon.phase is Phase.READY
+                       and daemon.config.outside.listen[0].host == "127.0.7.4")
+        assert bound("127.0.7.3", 5060) and bound("127.0.7.4", 5060)
+        # The gateway hangs up toward the old address: the BYE still gets through.
+        bye = make_request(b"BYE", b"sip:pbx@127.0.7.10:5060",
+                           via=[b"SIP/2.0/UDP 127.0.7.64:5060;branch=z9hG4bK-gw-bye"],
+                           from_=b"<sip:+14155550100@twilio>;tag=gwtag",
+                           to=b"<sip:pbx@127.0.7.1>;tag=pbxtag1", call_id=b"retire-1", cseq=2,
+                           headers=[(b"Route", b"<sip:127.0.7.3:5060;lr>"),
+                                    (b"Route", b"<sip:127.0.7.1:5080;lr>")])
+        gw_transport.sendto(bye, ("127.0.7.3", 5060))
+        # The PBX callee (127.0.7.10) does not exist: the BYE times out there, 408 ends it.
+        await wait_for(lambda: core.calls_in_progress == 0, timeout_s=40)
+        await wait_for(lambda: not bound("127.0.7.3", 5060), timeout_s=5)
+        assert bound("127.0.7.4", 5060)
+    finally:
+        gw_transport.close()
+        pbx_transport.close()

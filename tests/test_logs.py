@@ -5,13 +5,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from sipedge.logs import JsonFormatter, make_formatter, setup_logging
+from sipedge.logs import JsonFormatter, is_journal, make_formatter, setup_logging
 from sipedge.sip.address import Endpoint
 
 ISO_MS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -113,3 +115,15 @@ def test_setup_logging_text_reads_journal_stream_from_the_environment(
     setup_logging("info")
     logging.getLogger("sipedge.test").info("ready")
     assert err.getvalue() == "INFO sipedge.test: ready\n"
+
+
+def test_journal_stream_counts_only_for_the_named_file(tmp_path: Path) -> None:
+    with open(tmp_path / "err", "w") as stream, open(tmp_path / "other", "w") as other:
+        info = os.fstat(stream.fileno())
+        environ = {"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}
+        assert is_journal(environ, stream)
+        # Inherited by a process whose stderr was redirected: not the journal any more.
+        assert not is_journal(environ, other)
+        assert not is_journal({}, stream)
+        line = make_formatter("text", environ, other).format(record())
+        assert line.endswith("INFO sipedge.events: call abc answered") and line[0].isdigit()

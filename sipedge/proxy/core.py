@@ -366,6 +366,15 @@ class ProxyCore:
         """Answered calls whose BYE has not had its final response yet."""
         return len(self._calls)
 
+    def call_ids(self) -> frozenset[bytes]:
+        """The Call-IDs of the calls in progress now (a reload keeps old sockets for them)."""
+        return frozenset(self._calls)
+
+    def has_any_call(self, call_ids: frozenset[bytes]) -> bool:
+        """True while one of ``call_ids`` is still in progress."""
+        calls = self._calls
+        return any(c in calls for c in call_ids)
+
     def pending_requests(self) -> int:
         """Requests still waiting for their final answer (wait states not counted)."""
         return sum(1 for c in self._contexts.values() if not c.done)
