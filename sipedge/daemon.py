@@ -262,14 +262,18 @@ class Daemon:
             await transports.aclose()
             return self._failed(71)  # EX_OSERR
         watch_gateways(transports, core)
+        # DNS before the admin API: its first answers (at most DNS_START_WAIT_S) turn the
+        # named gateways into addresses, so /gateways never shows the placeholders.
+        await self._start_dns(config)
         if config.admin.listen is not None:
             try:
                 self.admin = await self._start_admin(config.admin.listen)
             except OSError as exc:
                 log.error("cannot listen on admin %s: %s", config.admin.listen.hostport, exc)
+                if self.watcher is not None:
+                    await self.watcher.aclose()
                 await transports.aclose()
                 return self._failed(71)  # EX_OSERR
-        await self._start_dns(config)
         edges = ", ".join(f"{e.name} ({len(e.gateways)} gateways)" for e in config.edges)
         log.info("sipedge up: domain %s, edges %s", config.outside.domain, edges)
         driver.kick()

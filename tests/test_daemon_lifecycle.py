@@ -219,8 +219,8 @@ async def test_removed_listener_stays_open_until_its_calls_end(
         lab: tuple[Daemon, Path, FakeSystemd]) -> None:
     daemon, path, _ = lab
     loop = asyncio.get_running_loop()
-    gw_transport, gw = await loop.create_datagram_endpoint(Gateway, local_addr=("127.0.7.64", 5060))
-    pbx_transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+    gw_transport, _ = await loop.create_datagram_endpoint(Gateway, local_addr=("127.0.7.64", 5060))
+    pbx_transport, _pbx = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
                                                            local_addr=("127.0.7.1", 0))
     try:
         port = pbx_transport.get_extra_info("sockname")[1]
