@@ -511,8 +511,9 @@ def render_nftables(ruleset: Ruleset) -> str:
     """
     how = (
         f"A table of its own: table inet {TABLE}. Loading this file replaces that table and",
-        "nothing else (there is no `flush ruleset`); the first two lines make the load",
-        "idempotent (create the table if missing, delete it, define it again, in one transaction).",
+        "nothing else (there is no `flush ruleset`): the `table` and `delete table` lines before",
+        "its definition make a load idempotent (one transaction: create if missing, delete,",
+        "define again), so loading it twice leaves one copy.",
         "Every chain is policy accept: the only drops are packets to sipedge's own SIP listeners",
         "(and admin API) from anyone else, so loading it never closes the host. nftables runs",
         "every table's base chains: an accept here ends only this table's chain, while a drop",
