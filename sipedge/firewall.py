@@ -163,12 +163,17 @@ class Ruleset:
 # Building the rules from the config
 
 
-def _family(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Family:
-    return 4 if ip.version == 4 else 6
+_Addr = (ipaddress.IPv4Address | ipaddress.IPv6Address
+         | ipaddress.IPv4Network | ipaddress.IPv6Network)
+
+
+def _family(item: _Addr) -> Family:
+    return 4 if item.version == 4 else 6
 
 
 def _proto(transport: str) -> Proto:
-    # TLS is SIP over TCP (RFC 3261 §26.2); only the port differs (5061).
+    # SIP over TLS runs on TCP (RFC 3261 §26.2.1); only the default port differs (5061,
+    # §19.1.2), and that comes from the listener or gateway itself.
     return "udp" if transport == "udp" else "tcp"
 
 
@@ -181,17 +186,13 @@ def _set_name(prefix: str, family: Family) -> str:
     return f"{prefix.replace('-', '_')}_v{family}"
 
 
-def _split_families(
-    items: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address
-                    | ipaddress.IPv4Network | ipaddress.IPv6Network],
-) -> dict[Family, tuple[str, ...]]:
+def _split_families(items: Iterable[_Addr]) -> dict[Family, tuple[str, ...]]:
+    """Addresses/networks as text by family (IPv4 first), duplicates once, order kept."""
     out: dict[Family, list[str]] = {}
     for item in items:
-        text = str(item)
-        bucket = out.setdefault(_family(item.network_address if isinstance(
-            item, ipaddress.IPv4Network | ipaddress.IPv6Network) else item), [])
-        if text not in bucket:
-            bucket.append(text)
+        bucket = out.setdefault(_family(item), [])
+        if str(item) not in bucket:
+            bucket.append(str(item))
     return {f: tuple(v) for f, v in sorted(out.items())}
 
 
@@ -270,9 +271,7 @@ class _Builder:
 
     def inside_sets(self) -> list[AddressSet]:
         """``inside.allow`` plus the PBX's address when it is an IP (it sends BYEs)."""
-        items: list[ipaddress.IPv4Network | ipaddress.IPv6Network
-                    | ipaddress.IPv4Address | ipaddress.IPv6Address] = list(
-            self.config.inside.allow)
+        items: list[_Addr] = list(self.config.inside.allow)
         pbx = _ip_or_none(self.config.inside.pbx.host)
         if pbx is not None and not any(pbx in net for net in self.config.inside.allow):
             items.append(pbx)
