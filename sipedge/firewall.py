@@ -426,10 +426,11 @@ def build_ruleset(config: Config, catalogue: Catalogue | None = None) -> Ruleset
     if all(ipaddress.ip_address(ep.host).is_loopback for ep in config.listen):
         header.append("note:      every listener is on loopback (a lab): the loopback rule "
                       "passes all of it, so these rules only show what production would get")
+    counters = ((COUNTER_SIP, "SIP to a listener from anyone else"),
+                (COUNTER_ADMIN, "admin API from anyone else"))
+    used = {r.counter for r in b.rules}
     return Ruleset(tuple(header), tuple(b.sets.values()),
-                   ((COUNTER_SIP, "SIP to a listener from anyone else"),
-                    (COUNTER_ADMIN, "admin API from anyone else")),
-                   tuple(b.rules), tuple(b.notes))
+                   tuple(c for c in counters if c[0] in used), tuple(b.rules), tuple(b.notes))
 
 
 # ----------------------------------------------------------------------------------------

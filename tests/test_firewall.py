@@ -218,11 +218,12 @@ def test_admin_off_loopback_only_from_inside_allow(tls_v6: Config) -> None:
     text, _ = render(tls_v6, "nftables")
     assert ("ip saddr @admin_allow_v4 ip daddr 10.0.0.2 tcp dport 9091 accept" in text)
     assert 'ip daddr 10.0.0.2 tcp dport 9091 counter name "admin_dropped" drop' in text
+    assert "counter admin_dropped {" in text
 
 
 def test_admin_on_loopback_needs_no_rule() -> None:
     text, _ = render(conf("sipedge.toml"), "nftables")  # admin 127.0.0.1:9091
-    assert "dport 9091" not in text
+    assert "dport 9091" not in text and "admin_dropped" not in text
 
 
 def test_header_says_where_the_rules_came_from() -> None:
