@@ -1,7 +1,9 @@
-"""Command line: ``sipedge run | check | gateways`` (argparse); maps errors to exit codes.
+"""Command line: ``sipedge run | check | gateways | firewall | twiml`` (argparse); maps errors
+to exit codes.
 
-Exit codes follow sysexits.h: 78 (EX_CONFIG) for an invalid config, 64 for usage errors,
-69 (EX_UNAVAILABLE) when ``gateways`` cannot reach the daemon's admin API.
+Exit codes follow sysexits.h: 78 (EX_CONFIG) for an invalid config, 64 (EX_USAGE) for usage
+errors (``twiml`` with a refused edge), 69 (EX_UNAVAILABLE) when ``gateways`` cannot reach the
+daemon's admin API; ``twiml --lint`` exits 1 when the URI has a problem, like a linter.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ __all__ = ["main"]
 
 EX_CONFIG = 78
 EX_UNAVAILABLE = 69
+EX_USAGE = 64
+#: ``twiml --lint`` found a problem in the URI.
+EX_LINT = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                               "(from its [admin] listener)")
     gateways.add_argument("--config", required=True, help="TOML config file")
     gateways.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    _add_firewall(sub)
+    _add_twiml(sub)
     return parser
 
 
@@ -70,9 +77,83 @@ def _gateways(config: Config, timeout_s: float) -> int:
     return 0
 
 
+def _add_firewall(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sipedge.firewall import FORMATS
+
+    firewall = sub.add_parser(
+        "firewall", help="print host firewall rules for the link (from the config and the "
+        "Twilio catalogue; nothing is applied)")
+    firewall.add_argument("--config", required=True, help="TOML config file")
+    firewall.add_argument("--format", default="nftables", choices=FORMATS,
+                          help="nft -f file (table inet sipedge, default) or "
+                          "iptables-restore --noflush file (SIPEDGE chains)")
+
+
+def _firewall(config: Config, fmt: str) -> int:
+    """``sipedge firewall``: the rules on stdout, what they cannot express on stderr."""
+    from sipedge.firewall import render
+
+    text, ruleset = render(config, fmt)
+    for note in ruleset.notes:
+        print(f"sipedge: warning: {note}", file=sys.stderr)
+    sys.stdout.write(text)
+    return 0
+
+
+def _add_twiml(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    twiml = sub.add_parser(
+        "twiml", help="print <Dial><Sip> TwiML for an Interconnect edge, or lint a <Sip> URI "
+        "(--lint; exit 1 on a problem)")
+    twiml.add_argument("--user", help="user part of the URI (escaped for you)")
+    twiml.add_argument("--host", help="the SIP endpoint Twilio calls over the link "
+                       "(name or IP, optionally :port)")
+    twiml.add_argument("--edge", help="Interconnect edge (ashburn-ix ...); with --lint, the "
+                       "edge to suggest for a tnx=<connection SID>")
+    twiml.add_argument("--lint", metavar="URI", help="check a <Sip> URI instead: tnx=, "
+                       "edge=, and the corrected URI")
+
+
+def _twiml(args: argparse.Namespace) -> int:
+    """``sipedge twiml``: TwiML on stdout (exit 0/64) or a lint report (exit 0/1/64)."""
+    from sipedge.twiml import TwimlError, dial_sip, lint_sip_uri
+
+    try:
+        if args.lint is not None:
+            if args.user is not None or args.host is not None:
+                print("sipedge: twiml: --lint takes a URI, not --user/--host", file=sys.stderr)
+                return EX_USAGE
+            lint = lint_sip_uri(args.lint, edge=args.edge)
+        else:
+            missing = [f"--{n}" for n in ("user", "host", "edge") if getattr(args, n) is None]
+            if missing:
+                print(f"sipedge: twiml: {' '.join(missing)} required (or --lint URI)",
+                      file=sys.stderr)
+                return EX_USAGE
+            twiml = dial_sip(args.user, args.host, args.edge)
+    except TwimlError as exc:
+        print(f"sipedge: twiml: {exc.reason}", file=sys.stderr)
+        return EX_USAGE
+    if args.lint is None:
+        if twiml.note:
+            print(f"sipedge: note: {twiml.note}", file=sys.stderr)
+        sys.stdout.write(twiml.xml)
+        return 0
+    print(lint.uri)
+    for finding in lint.findings:
+        print(f"  {finding.severity}: {finding.text}")
+    if lint.suggestion is not None:
+        print(f"  suggested: {lint.suggestion}")
+    if lint.ok:
+        print("  OK" if not lint.findings else "  OK (notes only)")
+        return 0
+    return EX_LINT
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sipedge`` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "twiml":  # needs no config
+        return _twiml(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -83,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "gateways":
         return _gateways(config, args.timeout)
+    if args.command == "firewall":
+        return _firewall(config, args.format)
     from sipedge.daemon import run
     from sipedge.logs import setup_logging
 

@@ -71,3 +71,21 @@ def test_run_passes_the_log_format_to_setup_logging(
     monkeypatch.setattr("sipedge.daemon.run", lambda config, log_level=None, log_format=None: 0)
     assert main(["run", "--config", str(conf), *argv]) == 0
     assert calls == [expected]
+
+
+def test_firewall_and_twiml_are_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        _parser().parse_args(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "firewall" in out and "twiml" in out
+    args = _parser().parse_args(["firewall", "--config", "x.toml"])
+    assert args.format == "nftables"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["firewall", "--config", "x.toml", "--format", "pf"])
+
+
+def test_twiml_needs_no_config(capsys: pytest.CaptureFixture[str]) -> None:
+    # No --config at all: twiml is answered before any config is loaded.
+    assert main(["twiml", "--user", "a", "--host", "h", "--edge", "ashburn-ix"]) == 0
+    assert "edge=ashburn-ix" in capsys.readouterr().out
