@@ -15,7 +15,9 @@ No container engine runs here or in CI, so nothing is built or started. What is 
   selects, its URL is Prometheus's listen address, the dashboard provider reads the
   directory the dashboard JSON is mounted in;
 - the Dockerfile by its instructions (non-root USER, ENTRYPOINT, CMD, EXPOSE, STOPSIGNAL,
-  ``pip install .``), and its HEALTHCHECK command run for real against an admin listener.
+  ``pip install .``), and its HEALTHCHECK command run for real against an admin listener;
+- the README's keepalived check script (curl) against a live admin listener: it keeps the
+  address while no gateway is up, gives it up when draining or not answering.
 
 Not checked (no engine): that the image builds, that the containers start, that Grafana
 renders the dashboard. A missing tool is a failure that names ``make tools``, never a skip.
@@ -428,3 +430,44 @@ async def test_healthcheck_command_asks_the_admin_listener() -> None:
         await server.aclose()
         driver.close()
     assert await run_check(bound.hostport) != 0  # nothing listens any more
+
+
+# ---------------------------------------------------------------------------- README: HA
+
+
+def readme_check_script() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```sh\n(#!/bin/sh\n# /etc/keepalived/sipedge-check.*?)```", text, re.S)
+    assert len(blocks) == 1, "README: the keepalived check script block"
+    return blocks[0]
+
+
+async def test_readme_keepalived_check_gives_up_the_address_only_when_down_or_draining() -> None:
+    script = readme_check_script()
+    assert "http://127.0.0.1:9091/readyz" in script
+    h = ProxyHarness()
+    driver = CoreDriver(h.core, asyncio.get_running_loop(), lambda event: None)
+    server = AdminServer(driver)
+    bound = await server.start(Endpoint("tcp", ADMIN_HOST, 0))
+    local = script.replace("127.0.0.1:9091", bound.hostport)
+    env = {**os.environ, "PATH": f"{Path(_tool('curl', 'curl')).parent}:{os.environ['PATH']}"}
+
+    async def check() -> int:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", local, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return await asyncio.wait_for(proc.wait(), 30)
+
+    try:
+        # A standby: no gateway up (its probe replies go to the holder), /readyz 503; it
+        # must still be able to take the address.
+        assert not h.core.is_ready()
+        assert await check() == 0
+        h.core.set_draining(True)
+        assert await check() == 1
+        h.core.set_draining(False)
+        assert await check() == 0
+    finally:
+        await server.aclose()
+        driver.close()
+    assert await check() == 1  # sipedge not answering
