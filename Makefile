@@ -33,10 +33,13 @@ sipp:
 	@command -v sipp >/dev/null 2>&1 || bash $(SHARED)/bench/install.sh
 
 ## Debian tools the tests need (apt; idempotent, instant when present): promtool (metrics
-## rules), systemd-analyze (unit verify), nft (firewall output). apt-get update runs only
-## when something is missing; policy-rc.d (exit 101) keeps the prometheus package from
-## starting its daemon, and is removed again only if we created it.
-TOOLS := promtool:prometheus systemd-analyze:systemd nft:nftables
+## rules), systemd-analyze (unit verify), nft (firewall output), docker-compose (Debian's
+## Compose v1, only to parse and validate docker-compose.yml: `config` needs no engine, and
+## --no-install-recommends keeps docker.io out), curl (the README's keepalived check).
+## apt-get update runs only when something is missing; policy-rc.d (exit 101) keeps the
+## prometheus package from starting its daemon, and is removed again only if we created it.
+TOOLS := promtool:prometheus systemd-analyze:systemd nft:nftables docker-compose:docker-compose \
+         curl:curl
 tools:
 	@missing=""; \
 	for t in $(TOOLS); do \
