@@ -1,8 +1,9 @@
-"""Command line: ``sipedge run | check | gateways | demo`` (argparse).
+"""Command line: ``sipedge run | check | gateways | verify | demo`` (argparse).
 
 Exit codes follow sysexits.h: 78 (EX_CONFIG) for an invalid config, 64 for usage errors,
-69 (EX_UNAVAILABLE) when ``gateways`` cannot reach the daemon's admin API. ``demo``: 0
-every call answered, 1 some failed, 130 interrupted.
+69 (EX_UNAVAILABLE) when ``gateways`` cannot reach the daemon's admin API or ``verify``
+finds no gateway of the first edge answering. ``demo``: 0 every call answered, 1 some
+failed, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sipedge.config import Config, ConfigError, load_config, summary
 from sipedge.lab.topology import LabAddresses
 from sipedge.logs import LOG_FORMATS
 from sipedge.sip.address import Endpoint
+from sipedge.sip.errors import SipError
 
 __all__ = ["main"]
 
@@ -44,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
                               "(from its [admin] listener)")
     gateways.add_argument("--config", required=True, help="TOML config file")
     gateways.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    verify = sub.add_parser(
+        "verify", help="OPTIONS every configured gateway now (and optionally place one test "
+        "call); contacts the gateways the config names")
+    verify.add_argument("--config", required=True, help="TOML config file")
+    verify.add_argument("--call", metavar="NUMBER", default=None,
+                        help="place one test INVITE to NUMBER through the first edge, then "
+                        "hang up (BYE) or CANCEL it")
+    verify.add_argument("--timeout", type=float, default=2.0,
+                        help="seconds to wait for each answer (default 2)")
     demo = sub.add_parser(
         "demo", help="run sipedge on the loopback lab with simulated Twilio gateways and a "
         "PBX, place calls both ways and fail Virginia over to Oregon")
@@ -136,6 +147,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "gateways":
         return _gateways(config, args.timeout)
+    if args.command == "verify":
+        from sipedge import verify
+
+        if not args.timeout > 0:
+            print("sipedge verify: --timeout must be positive", file=sys.stderr)
+            return EX_USAGE
+        if args.call is not None:
+            try:
+                verify.call_request_uri(config, args.call)
+            except (ValueError, SipError) as exc:
+                print(f"sipedge verify: --call: {exc}", file=sys.stderr)
+                return EX_USAGE
+        return verify.run(config, call=args.call, timeout_s=args.timeout, out=sys.stdout)
     from sipedge.daemon import run
     from sipedge.logs import setup_logging
 
