@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -129,7 +130,12 @@ class _Flow(asyncio.DatagramProtocol):
     """A connected UDP socket to one gateway: parsed messages and errors, in order."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Response | Request | OSError] = asyncio.Queue()
+        #: (arrival on time.perf_counter(), message or error): uvloop's loop.time() has
+        #: millisecond resolution, too coarse for a loopback or private-link RTT.
+        self.queue: asyncio.Queue[tuple[float, Response | Request | OSError]] = (
+            asyncio.Queue())
+        #: When the last received item arrived.
+        self.arrival = 0.0
         #: Responses that arrived while another transaction was being waited for.
         self.stash: list[Response] = []
         self.transport: asyncio.DatagramTransport | None = None
@@ -139,11 +145,11 @@ class _Flow(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         with contextlib.suppress(SipError):  # not SIP: not an answer
-            self.queue.put_nowait(parse(data))
+            self.queue.put_nowait((time.perf_counter(), parse(data)))
 
     def error_received(self, exc: Exception) -> None:
         if isinstance(exc, OSError):
-            self.queue.put_nowait(exc)
+            self.queue.put_nowait((time.perf_counter(), exc))
 
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -182,8 +188,8 @@ async def _transact(flow: _Flow, data: bytes | None, method: bytes, timeout_s: f
         flow.send(data)
     while (left := deadline - loop.time()) > 0:
         try:
-            item = await asyncio.wait_for(flow.queue.get(),
-                                          left if interval is None else min(left, interval))
+            flow.arrival, item = await asyncio.wait_for(
+                flow.queue.get(), left if interval is None else min(left, interval))
         except TimeoutError:
             if interval is not None and data is not None:
                 flow.send(data)
@@ -219,9 +225,9 @@ async def _probe(host: str, target: Target, nonce: int, instance: bytes,
     try:
         data, _ = build_probe(target, flow.local, nonce, instance=instance,
                               from_user=b"sipedge-verify", user_agent=b"sipedge verify")
-        start = asyncio.get_running_loop().time()
+        start = time.perf_counter()
         resp, error = await _transact(flow, data, b"OPTIONS", timeout_s)
-        rtt = asyncio.get_running_loop().time() - start
+        rtt = flow.arrival - start
         if resp is None:
             return ProbeRow(target, None, None, error)
         return ProbeRow(target, resp.status, rtt, None)
@@ -249,7 +255,6 @@ def _status(resp: Response) -> str:
 async def _call(config: Config, target: Target, number: str, timeout_s: float,
                 out: TextIO, instance: bytes) -> bool:
     """The test call; True when the INVITE got any response."""
-    loop = asyncio.get_running_loop()
     request_uri = call_request_uri(config, number, [e.name for e in config.edges]
                                    .index(target.edge))
     flow = await _open(source_host(config), target)
@@ -273,12 +278,12 @@ async def _call(config: Config, target: Target, number: str, timeout_s: float,
         assert isinstance(invite, Request)
         out.write(f"test call: INVITE {request_uri.decode()}\n"
                   f"  to {target.id} from {local}\n")
-        start = loop.time()
+        start = time.perf_counter()
         seen: list[Response] = []
 
         def provisional(resp: Response) -> None:
             seen.append(resp)
-            out.write(f"  {_status(resp)}  {(loop.time() - start) * 1000:.0f} ms\n")
+            out.write(f"  {_status(resp)}  {(flow.arrival - start) * 1000:.1f} ms\n")
 
         final, error = await _transact(flow, invite_bytes, b"INVITE", timeout_s,
                                        on_provisional=provisional)
@@ -294,7 +299,7 @@ async def _call(config: Config, target: Target, number: str, timeout_s: float,
             if final is None:
                 out.write("final: none (the INVITE was cancelled)\n")
                 return True
-        out.write(f"  {_status(final)}  {(loop.time() - start) * 1000:.0f} ms  "
+        out.write(f"  {_status(final)}  {(flow.arrival - start) * 1000:.1f} ms  "
                   f"(answered by {target.id})\n")
         if 200 <= final.status < 300:
             dialog = uac_dialog(invite, final)
