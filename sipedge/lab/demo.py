@@ -211,12 +211,12 @@ class Lab:
         """Stop sipedge (drain, then at once) and close every agent."""
         daemon, self.daemon = self.daemon, None
         if daemon is not None:
-            daemon.request_stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(daemon.wait_stopped()), 3.0)
-            except TimeoutError:
+            daemon.request_stop()  # drain: [daemon] drain_timeout_s is 1 s in the demo
+            stopped = asyncio.get_running_loop().create_task(daemon.wait_stopped())
+            done, _ = await asyncio.wait({stopped}, timeout=3.0)
+            if not done:
                 daemon.request_stop()  # the second request stops at once
-                await daemon.wait_stopped()
+            await stopped
         await self.close_agents()
 
     @property
