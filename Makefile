@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 PREFIX  ?= /opt/sipedge
 DESTDIR ?=
 
-.PHONY: run test lint unit e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
+.PHONY: run lab test lint unit e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
         install uninstall
 
 $(STAMP): pyproject.toml
@@ -20,8 +20,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## make run: set up and run sipedge on the loopback lab (conf/lab.toml)
+## make run: set up and run the demo: sipedge on the loopback lab with simulated Twilio
+## gateways and a PBX, calls both ways, Virginia failing over to Oregon (sipedge demo)
 run: $(STAMP)
+	$(VENV)/bin/sipedge demo
+
+## make lab: sipedge alone on the loopback lab (conf/lab.toml), for SIPp or your own peers
+lab: $(STAMP)
 	$(VENV)/bin/sipedge run --config conf/lab.toml
 
 check-config: $(STAMP)

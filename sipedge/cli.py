@@ -1,9 +1,11 @@
-"""Command line: ``sipedge run | check | gateways | firewall | twiml`` (argparse); maps errors
-to exit codes.
+"""Command line: ``sipedge run | check | gateways | verify | demo | firewall | twiml``
+(argparse); maps errors to exit codes.
 
 Exit codes follow sysexits.h: 78 (EX_CONFIG) for an invalid config, 64 (EX_USAGE) for usage
 errors (``twiml`` with a refused edge), 69 (EX_UNAVAILABLE) when ``gateways`` cannot reach the
-daemon's admin API; ``twiml --lint`` exits 1 when the URI has a problem, like a linter.
+daemon's admin API or ``verify`` finds no gateway of the first edge answering;
+``twiml --lint`` exits 1 when the URI has a problem, like a linter; ``demo``: 0 every
+call answered, 1 some failed, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import urllib.request
 
 from sipedge import __version__
 from sipedge.config import Config, ConfigError, load_config, summary
+from sipedge.lab.topology import LabAddresses
 from sipedge.logs import LOG_FORMATS
 from sipedge.sip.address import Endpoint
+from sipedge.sip.errors import SipError
 
 __all__ = ["main"]
 
@@ -48,7 +52,64 @@ def _parser() -> argparse.ArgumentParser:
     gateways.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     _add_firewall(sub)
     _add_twiml(sub)
+    verify = sub.add_parser(
+        "verify", help="OPTIONS every configured gateway now (and optionally place one test "
+        "call); contacts the gateways the config names")
+    verify.add_argument("--config", required=True, help="TOML config file")
+    verify.add_argument("--call", metavar="NUMBER", default=None,
+                        help="place one test INVITE to NUMBER through the first edge, then "
+                        "hang up (BYE) or CANCEL it")
+    verify.add_argument("--timeout", type=float, default=2.0,
+                        help="seconds to wait for each answer (default 2)")
+    demo = sub.add_parser(
+        "demo", help="run sipedge on the loopback lab with simulated Twilio gateways and a "
+        "PBX, place calls both ways and fail Virginia over to Oregon")
+    demo.add_argument("--duration", type=float, default=40.0,
+                      help="seconds of calls; the phases scale with it (default 40)")
+    demo.add_argument("--rate", type=float, default=4.0,
+                      help="new calls per second, alternately each way (default 4)")
+    lab = LabAddresses()
+    demo.add_argument("--inside", default=lab.inside.hostport,
+                      help=f"sipedge's PBX-side listener (default {lab.inside.hostport})")
+    demo.add_argument("--outside", default=lab.outside.hostport,
+                      help=f"sipedge's Twilio-side listener (default {lab.outside.hostport})")
+    demo.add_argument("--virginia", default=",".join(lab.virginia),
+                      help="ashburn-ix gateway hosts, comma-separated")
+    demo.add_argument("--oregon", default=",".join(lab.oregon),
+                      help="san-jose-ix gateway hosts, comma-separated")
+    demo.add_argument("--gateway-port", type=int, default=lab.gateway_port)
+    demo.add_argument("--pbx", default=lab.pbx.hostport,
+                      help=f"the PBX callee (default {lab.pbx.hostport})")
+    demo.add_argument("--admin", default=lab.admin.hostport if lab.admin else "off",
+                      help="sipedge's admin API, or 'off' (default %(default)s)")
     return parser
+
+
+def _hostport(text: str, transport: str) -> Endpoint:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: expected ip:port")
+    return Endpoint(transport, host, int(port))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sipedge.lab import demo
+
+    try:
+        addresses = LabAddresses(
+            inside=_hostport(args.inside, "udp"), outside=_hostport(args.outside, "udp"),
+            virginia=tuple(h.strip() for h in args.virginia.split(",") if h.strip()),
+            oregon=tuple(h.strip() for h in args.oregon.split(",") if h.strip()),
+            gateway_port=args.gateway_port, pbx=_hostport(args.pbx, "udp"),
+            admin=None if args.admin == "off" else _hostport(args.admin, "tcp"))
+    except ValueError as exc:
+        print(f"sipedge demo: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if not (args.duration > 0 and args.rate > 0):
+        print("sipedge demo: --duration and --rate must be positive", file=sys.stderr)
+        return EX_USAGE
+    code, _ = demo.run(addresses, duration_s=args.duration, rate=args.rate, out=sys.stdout)
+    return code
 
 
 def _gateways(config: Config, timeout_s: float) -> int:
@@ -154,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "twiml":  # needs no config
         return _twiml(args)
+    if args.command == "demo":
+        return _demo(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -166,6 +229,19 @@ def main(argv: list[str] | None = None) -> int:
         return _gateways(config, args.timeout)
     if args.command == "firewall":
         return _firewall(config, args.format)
+    if args.command == "verify":
+        from sipedge import verify
+
+        if not args.timeout > 0:
+            print("sipedge verify: --timeout must be positive", file=sys.stderr)
+            return EX_USAGE
+        if args.call is not None:
+            try:
+                verify.call_request_uri(config, args.call)
+            except (ValueError, SipError) as exc:
+                print(f"sipedge verify: --call: {exc}", file=sys.stderr)
+                return EX_USAGE
+        return verify.run(config, call=args.call, timeout_s=args.timeout, out=sys.stdout)
     from sipedge.daemon import run
     from sipedge.logs import setup_logging
 

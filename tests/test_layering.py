@@ -20,7 +20,7 @@ FORBIDDEN = {
 }
 #: Shell modules (asyncio/socket allowed, TID251-exempt in pyproject.toml) that no core
 #: package may import either.
-SHELL_MODULES = ("sipedge.notify",)
+SHELL_MODULES = ("sipedge.notify", "sipedge.lab", "sipedge.verify")
 FORBIDDEN = {layer: banned + SHELL_MODULES for layer, banned in FORBIDDEN.items()}
 
 
