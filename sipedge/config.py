@@ -46,6 +46,7 @@ from typing import (
 from sipedge.catalogue import CatalogueError, EdgeMatch
 from sipedge.catalogue import load as load_catalogue
 from sipedge.logs import LOG_FORMATS, LogFormat
+from sipedge.proxy.admission import AdmissionLimits
 from sipedge.proxy.media import MediaRange
 from sipedge.proxy.settings import ProxySettings, RejectUnknown
 from sipedge.sip.address import TRANSPORTS, Endpoint, default_port
@@ -65,6 +66,7 @@ __all__ = [
     "GatewayConfig",
     "InboundConfig",
     "InsideConfig",
+    "LimitsConfig",
     "LogConfig",
     "OutsideConfig",
     "ProbeConfig",
@@ -318,6 +320,37 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """``[limits]``: admission control (``sipedge.proxy.admission`` explains each rule).
+
+    Attributes:
+        source_rate_per_s: sustained messages/s from one inside source IP before a ban
+            (a busy PBX trunk at 200 calls/s sends ~1,000/s).
+        source_burst: messages above that rate a source may send at once.
+        ban_s: how long a source over its rate is dropped.
+        call_rate_per_s: new initial INVITEs/s for the whole proxy; beyond, 503 with
+            Retry-After. 0 turns the cap off.
+        call_burst: burst of that cap.
+        gateway_calls_per_s: new calls/s per Twilio gateway IP (Twilio's documented
+            Interconnect limit is 30); a gateway at its cap is skipped for the next one.
+            0 turns it off.
+        emergency_numbers: Request-URI user parts that bypass the call caps.
+        max_sources: per-source table size (bounded memory under spoofed floods).
+        max_transactions: server transactions in progress; beyond, new requests get 503.
+    """
+
+    source_rate_per_s: float = 2000.0
+    source_burst: float = 4000.0
+    ban_s: float = 30.0
+    call_rate_per_s: float = 1000.0
+    call_burst: float = 2000.0
+    gateway_calls_per_s: float = 30.0
+    emergency_numbers: tuple[str, ...] = ("911", "933", "112", "999")
+    max_sources: int = 10000
+    max_transactions: int = 100000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; swap it whole on reload.
 
@@ -334,6 +367,7 @@ class Config:
         admin: ``[admin]``.
         log: ``[log]``.
         daemon: ``[daemon]``.
+        limits: ``[limits]``.
         warnings: ``key: text`` lines worth logging once (not errors).
     """
 
@@ -349,6 +383,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     warnings: tuple[str, ...] = field(default=(), metadata={"key": False})
 
     @property
@@ -584,6 +619,12 @@ class _Loader:
             raise self.error(key, f"must be positive, got {number}")
         return number
 
+    def non_negative(self, value: Any, key: str) -> float:
+        number = self.number(value, key)
+        if not number >= 0:
+            raise self.error(key, f"must be 0 or more, got {number}")
+        return number
+
     def count(self, value: Any, key: str) -> int:
         number = self.typed(value, key, int)
         if number < 1:
@@ -796,6 +837,7 @@ class _Loader:
             admin=t.get("admin", self.admin),
             log=t.get("log", self.log),
             daemon=t.get("daemon", self.daemon),
+            limits=t.get("limits", self.limits),
         )
         t.done()
         self.check_probe(config)
@@ -965,6 +1007,22 @@ class _Loader:
         t = _Table(self, raw, where, DaemonConfig)
         return t.build(drain_timeout_s=self.positive)
 
+    def limits(self, raw: Any, where: str) -> LimitsConfig:
+        t = _Table(self, raw, where, LimitsConfig)
+        return t.build(source_rate_per_s=self.positive, source_burst=self.positive,
+                       ban_s=self.positive, call_rate_per_s=self.non_negative,
+                       call_burst=self.positive, gateway_calls_per_s=self.non_negative,
+                       emergency_numbers=self.items(self.dial_string),
+                       max_sources=self.count, max_transactions=self.count)
+
+    def dial_string(self, value: Any, key: str) -> str:
+        """An emergency number: digits, optionally with a leading ``+``."""
+        text = self.string(value, key)
+        digits = text[1:] if text.startswith("+") else text
+        if not digits.isdigit() or len(digits) > 15:
+            raise self.error(key, f"{text!r}: expected a dial string of digits (E.164 max 15)")
+        return digits
+
 
 def _kind_name(kind: type) -> str:
     return {str: "a string", bool: "true or false", int: "an integer", float: "a number"}.get(
@@ -1048,7 +1106,17 @@ def build_settings(config: Config) -> ProxySettings:
         # About twice the down-probe interval: by then a recovered gateway is seen UP.
         retry_after_s=max(1, round(2 * config.probe.interval_down_s)),
         media=_media_range() if config.inbound.check_media else None,
+        limits=_admission_limits(config.limits),
     )
+
+
+def _admission_limits(limits: LimitsConfig) -> AdmissionLimits:
+    return AdmissionLimits(
+        source_rate_per_s=limits.source_rate_per_s, source_burst=limits.source_burst,
+        ban_s=limits.ban_s, call_rate_per_s=limits.call_rate_per_s,
+        call_burst=limits.call_burst, gateway_calls_per_s=limits.gateway_calls_per_s,
+        emergency_numbers=frozenset(n.encode("ascii") for n in limits.emergency_numbers),
+        max_sources=limits.max_sources, max_transactions=limits.max_transactions)
 
 
 def _media_range() -> MediaRange:

@@ -29,6 +29,7 @@ from sipedge.proxy.events import (
     MediaOutsideRange,
     MessageDropped,
     RequestRejected,
+    SourceBanned,
 )
 from sipedge.proxy.media import MediaIssue
 
@@ -85,6 +86,10 @@ class EventLogger:
             self.limited.log(logging.INFO, f"dropped:{event.reason.value}",
                              "dropped message from %s: %s%s", event.peer,
                              event.reason.value.replace("_", " "), detail)
+        elif isinstance(event, SourceBanned):
+            self.limited.log(logging.WARNING, "banned",
+                             "source %s exceeded its message rate ([limits] source_rate_per_s):"
+                             " dropped for %g s", event.peer.host, event.ban_s)
         elif isinstance(event, MediaOutsideRange):
             what = "media address" if event.issue is MediaIssue.ADDRESS else "media port"
             self.limited.log(logging.WARNING, f"media:{event.issue.value}",

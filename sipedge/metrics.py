@@ -441,6 +441,21 @@ class SipedgeCollector(Collector):
             ("sipedge_calls_idle_expired",
              "Answered calls forgotten after a long idle time (their BYE never completed).",
              stats.calls_idle_expired),
+            ("sipedge_calls_rate_limited",
+             "New initial INVITEs answered 503 by the proxy-wide call cap "
+             "([limits] call_rate_per_s).", stats.calls_rate_limited),
+            ("sipedge_gateway_cap_skips",
+             "Gateways skipped for a new call because they were at their calls/s cap "
+             "([limits] gateway_calls_per_s; Twilio: 30 per gateway IP).",
+             stats.gateway_cap_skips),
+            ("sipedge_calls_gateway_cap",
+             "New calls answered 503 because every usable gateway was at its calls/s cap.",
+             stats.gateway_cap_503),
+            ("sipedge_calls_emergency",
+             "Calls to emergency numbers (they bypass the call caps).", stats.emergency_calls),
+            ("sipedge_transactions_cap",
+             "New requests answered 503 because max_transactions were in progress.",
+             stats.transactions_cap_503),
         ):
             yield _Family.single(name, doc, "counter", value)
 
@@ -563,6 +578,11 @@ class SipedgeCollector(Collector):
             "sipedge_calls_setting_up",
             "Initial INVITEs still waiting for their final response.",
             value=stats.calls_setting_up)
+        yield _Family.gauge(
+            "sipedge_sources_banned",
+            "Inside source IPs dropped for exceeding [limits] source_rate_per_s (bans "
+            "started: sipedge_messages_dropped_total{reason=\"rate_limited\"}).",
+            value=stats.sources_banned)
         yield _Family.gauge(
             "sipedge_draining",
             "1 while draining (new calls refused with 503, in-dialog requests relayed), else 0.",

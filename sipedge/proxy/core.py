@@ -34,6 +34,7 @@ from typing import NamedTuple
 from sipedge.gateway.health import Health
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule, Replied, SendFailed, TimedOut, build_probe
+from sipedge.proxy.admission import Admission, Verdict
 from sipedge.proxy.events import (
     CallAnswered,
     CallEnded,
@@ -47,6 +48,7 @@ from sipedge.proxy.events import (
     MediaOutsideRange,
     MessageDropped,
     RequestRejected,
+    SourceBanned,
 )
 from sipedge.proxy.media import check_sdp
 from sipedge.proxy.rewrite import (
@@ -180,6 +182,7 @@ class _Context:
     started_at: float = 0.0
     edge: str = ""  # edge of the current attempt (outbound) or of the source (inbound)
     decided_by: Gateway | None = None  # the gateway whose final answer went upstream
+    emergency: bool = False  # an emergency number: bypasses the call caps
 
 
 @dataclass(slots=True)
@@ -237,6 +240,8 @@ class ProxyCore:
         self._sweep_armed = False
         #: SIGTERM / POST /drain: new initial INVITEs get 503, in-dialog traffic flows.
         self.draining = False
+        self.admission = Admission(settings.limits)
+        self._now = 0.0  # the latest input's time: gauges read at scrape time use it
         self._outbox: list[Send] = []
         self._events: list[Event] = []
         self._contexts: dict[bytes, _Context] = {}
@@ -277,10 +282,21 @@ class ProxyCore:
 
     def receive(self, data: bytes, peer: Endpoint, local: Endpoint, now: float) -> None:
         """Handle one message that arrived from ``peer`` on listener ``local``."""
+        self._now = now
         if len(data) > self.settings.max_message_bytes:
             self.stats.parse_errors += 1
             self._drop(peer, DropReason.TOO_LARGE)
             return
+        if self._direction(peer.host) is Direction.OUTBOUND:
+            # Admission first, before any parsing: a flooding inside source costs one
+            # dict lookup and a bucket per message (proxy.admission).
+            verdict = self.admission.check_source(peer.host, now)
+            if verdict is not Verdict.ADMIT:
+                self.stats.count_drop(DropReason.BANNED if verdict is Verdict.BANNED
+                                      else DropReason.RATE_LIMITED)
+                if verdict is Verdict.RATE_LIMITED:
+                    self._events.append(SourceBanned(peer, self.settings.limits.ban_s))
+                return
         try:
             msg = parse(data)
         except ParseError as exc:
@@ -312,6 +328,7 @@ class ProxyCore:
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at or before ``now``."""
+        self._now = now
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, kind, key = heapq.heappop(heap)
@@ -350,6 +367,7 @@ class ProxyCore:
         stats.calls_in_progress = len(self._calls)
         stats.calls_setting_up = sum(
             1 for c in self._contexts.values() if c.is_call and not c.done)
+        stats.sources_banned = self.admission.banned(self._now)
         return stats
 
     def set_draining(self, draining: bool) -> None:
@@ -401,6 +419,7 @@ class ProxyCore:
         """
         self.settings = settings
         self.listeners = Listeners(settings.inside, settings.outside)
+        self.admission.reconfigure(settings.limits, now)
         self.reload_pool(pool, now, probed)
 
     def reload_pool(self, pool: GatewayPool, now: float,
@@ -516,6 +535,12 @@ class ProxyCore:
             self._respond_stateless(req, peer, local, checked.status, checked.reason.encode(),
                                     checked.extra_headers)
             return
+        if len(self._contexts) >= self.settings.limits.max_transactions:
+            # Bounded state: beyond the cap a new request costs a stateless 503 only.
+            self.stats.transactions_cap_503 += 1
+            if method != b"ACK":
+                self._respond_stateless(req, peer, local, 503, b"Overloaded", self._retry_after)
+            return
 
         server = ServerTransaction(key, req.data, invite=method == b"INVITE",
                                    reliable=peer.is_reliable, timers=self.settings.timers,
@@ -528,11 +553,20 @@ class ProxyCore:
         if method == b"INVITE":
             if direction is Direction.INBOUND and self.settings.media is not None:
                 self._check_media(req, peer)
-            if self.draining and not in_dialog:
-                # Draining: refuse the new call (the PBX retries elsewhere), no 100 first.
-                self.stats.draining_503 += 1
-                self._respond(ctx, 503, now, b"Draining", headers=self._retry_after)
-                return
+            if not in_dialog:
+                if self.draining:
+                    # Draining: refuse the new call (the PBX retries elsewhere), no 100.
+                    self.stats.draining_503 += 1
+                    self._respond(ctx, 503, now, b"Draining", headers=self._retry_after)
+                    return
+                if self.admission.is_emergency(checked.user):
+                    ctx.emergency = True
+                    self.stats.emergency_calls += 1
+                elif not self.admission.take_call(now):
+                    self.stats.calls_rate_limited += 1
+                    self._respond(ctx, 503, now, b"Call Rate Exceeded",
+                                  headers=((b"Retry-After", b"1"),))
+                    return
             # RFC 3261 §16.2: 100 Trying at once so the caller stops retransmitting.
             self._respond(ctx, 100, now)
 
@@ -822,9 +856,28 @@ class ProxyCore:
     # ------------------------------------------------------------------ outbound attempts
 
     def _next_attempt(self, ctx: _Context, popped: int, now: float) -> None:
-        """PBX → Twilio: send to the next usable gateway, or finish the request."""
-        gateway = next(iter(self.pool.candidates(now, exclude=ctx.tried)), None)
+        """PBX → Twilio: send to the next usable gateway, or finish the request.
+
+        A new INVITE takes a token of its gateway's calls/s cap (Twilio: 30 per gateway
+        IP); a gateway at its cap is skipped for the next one (spilling to the next edge),
+        except for emergency calls.
+        """
+        gateway = None
+        capped = False
+        capped_invite = ctx.request.method == b"INVITE" and not ctx.emergency
+        admission = self.admission
+        for candidate in self.pool.candidates(now, exclude=ctx.tried):
+            if not capped_invite or admission.take_gateway(candidate.id, now):
+                gateway = candidate
+                break
+            capped = True
+            self.stats.gateway_cap_skips += 1
         if gateway is None:
+            if capped and not ctx.done and ctx.best is None and not ctx.any_timeout:
+                self.stats.gateway_cap_503 += 1
+                self._respond(ctx, 503, now, b"Gateway Call Rate Exceeded",
+                              headers=((b"Retry-After", b"1"),))
+                return
             self._finish_exhausted(ctx, now)
             return
         ctx.tried.add(gateway.id)

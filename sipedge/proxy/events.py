@@ -30,6 +30,7 @@ __all__ = [
     "MediaOutsideRange",
     "MessageDropped",
     "RequestRejected",
+    "SourceBanned",
 ]
 
 
@@ -56,6 +57,8 @@ class DropReason(enum.Enum):
     UNEXPECTED_RESPONDER = "unexpected_responder"  # a response from another address
     STRAY_RESPONSE = "stray_response"  # a response no transaction knows
     ACK_UNROUTABLE = "ack_unroutable"  # an ACK for 2xx with nowhere to go
+    RATE_LIMITED = "rate_limited"  # an inside source over its rate: its ban starts
+    BANNED = "banned"  # from a source serving a ban (dropped before parsing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,14 @@ class CallFailedOver:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceBanned:
+    """An inside source went over its message rate and is dropped for ``ban_s``."""
+
+    peer: Endpoint
+    ban_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class MediaOutsideRange:
     """An SDP from Twilio names media outside Twilio's Interconnect media range."""
 
@@ -151,5 +162,5 @@ class DeprecatedParameterSeen:
 Event = (
     RequestRejected | MessageDropped | CallFailedOver | DeprecatedParameterSeen
     | GatewayStateChanged | CallStarted | CallAnswered | CallFailed | CallEnded
-    | MediaOutsideRange
+    | MediaOutsideRange | SourceBanned
 )

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from enum import Enum
 
+from sipedge.proxy.admission import AdmissionLimits
 from sipedge.proxy.media import MediaRange
 from sipedge.sip.address import Endpoint
 from sipedge.sip.timers import Timers
@@ -49,6 +50,7 @@ class ProxySettings:
         probe_timeout_s: an OPTIONS probe without a reply in this time is ``TimedOut``.
         retry_after_s: Retry-After on the 503 sent when no gateway is usable.
         max_message_bytes: larger messages are refused with 513.
+        limits: admission control (``proxy.admission``; ``[limits]``).
         media: Twilio's media range for the SDP check of INVITEs and answers from the
             gateways (``proxy.media``); None turns the check off.
         user_agent: a User-Agent value for requests sipedge originates (not read by the
@@ -61,6 +63,7 @@ class ProxySettings:
     pbx: Endpoint
     domain: str
     strip_edge_params: bool
+    limits: AdmissionLimits
     reject_unknown: RejectUnknown
     timers: Timers
     failover_codes: frozenset[int]

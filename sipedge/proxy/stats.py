@@ -106,6 +106,12 @@ class ProxyStats:
     tnx_deprecated: int = 0
     edge_param_seen: int = 0
     calls_idle_expired: int = 0
+    calls_rate_limited: int = 0  # new INVITEs refused 503: the proxy-wide call cap
+    gateway_cap_skips: int = 0  # a gateway at its calls/s cap skipped for the next
+    gateway_cap_503: int = 0  # every usable gateway at its cap: 503
+    emergency_calls: int = 0  # calls to emergency numbers (they bypass the call caps)
+    transactions_cap_503: int = 0  # new requests refused: too many transactions
+    sources_banned: int = 0  # gauge, refreshed at scrape time
     # labelled counters
     requests_by_method: dict[Direction, dict[bytes, int]] = field(default_factory=_by_direction)
     responses_by_class: dict[tuple[int, Direction], int] = field(default_factory=dict)
