@@ -148,11 +148,14 @@ class OutsideConfig:
         listen: sockets Twilio's gateways send to and calls/probes leave from.
         domain: the unique part of ``<domain>.sip.twilio.com`` (one DNS label).
         allow_public: permit public (non-Interconnect) Twilio host names as gateways.
+        user_agent: the User-Agent of the OPTIONS probes sipedge sends; empty (the
+            default) sends none: a product or version string only helps an attacker.
     """
 
     listen: tuple[Endpoint, ...]
     domain: str
     allow_public: bool = False
+    user_agent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -853,7 +856,15 @@ class _Loader:
 
     def outside(self, raw: Any, where: str) -> OutsideConfig:
         t = _Table(self, raw, where, OutsideConfig)
-        return t.build(listen=self.listeners, domain=self.domain, allow_public=self.flag)
+        return t.build(listen=self.listeners, domain=self.domain, allow_public=self.flag,
+                       user_agent=self.header_value)
+
+    def header_value(self, value: Any, key: str) -> str:
+        """Text for a SIP header value: printable ASCII, no CR/LF (no header injection)."""
+        text = self.string(value, key)
+        if not all(" " <= c <= "~" for c in text):
+            raise self.error(key, f"{text!r}: printable ASCII only")
+        return text
 
     def edges(self, raw: Any, where: str, outside: OutsideConfig) -> tuple[EdgeConfig, ...]:
         if not isinstance(raw, list) or not raw:
@@ -1107,6 +1118,7 @@ def build_settings(config: Config) -> ProxySettings:
         retry_after_s=max(1, round(2 * config.probe.interval_down_s)),
         media=_media_range() if config.inbound.check_media else None,
         limits=_admission_limits(config.limits),
+        user_agent=config.outside.user_agent.encode("ascii") or None,
     )
 
 

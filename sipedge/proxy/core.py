@@ -241,6 +241,7 @@ class ProxyCore:
         #: SIGTERM / POST /drain: new initial INVITEs get 503, in-dialog traffic flows.
         self.draining = False
         self.admission = Admission(settings.limits)
+        self._inside_only, self._outside_only = _sides(settings)
         self._now = 0.0  # the latest input's time: gauges read at scrape time use it
         self._outbox: list[Send] = []
         self._events: list[Event] = []
@@ -287,7 +288,8 @@ class ProxyCore:
             self.stats.parse_errors += 1
             self._drop(peer, DropReason.TOO_LARGE)
             return
-        if self._direction(peer.host) is Direction.OUTBOUND:
+        direction = self._direction(peer.host)
+        if direction is Direction.OUTBOUND:
             # Admission first, before any parsing: a flooding inside source costs one
             # dict lookup and a bucket per message (proxy.admission).
             verdict = self.admission.check_source(peer.host, now)
@@ -297,6 +299,12 @@ class ProxyCore:
                 if verdict is Verdict.RATE_LIMITED:
                     self._events.append(SourceBanned(peer, self.settings.limits.ban_s))
                 return
+            if local in self._outside_only:
+                self._drop(peer, DropReason.WRONG_SIDE)  # the PBX side on Twilio's socket
+                return
+        elif direction is Direction.INBOUND and local in self._inside_only:
+            self._drop(peer, DropReason.WRONG_SIDE)  # a gateway on the PBX-side socket
+            return
         try:
             msg = parse(data)
         except ParseError as exc:
@@ -419,6 +427,7 @@ class ProxyCore:
         """
         self.settings = settings
         self.listeners = Listeners(settings.inside, settings.outside)
+        self._inside_only, self._outside_only = _sides(settings)
         self.admission.reconfigure(settings.limits, now)
         self.reload_pool(pool, now, probed)
 
@@ -1305,7 +1314,8 @@ class ProxyCore:
         gateway = self.pool.gateway(gateway_id)
         local = self.listeners.egress(outside=True, transport=gateway.endpoint.transport)
         n = next(self._probe_counter)
-        data, branch = build_probe(gateway, local, n, instance=self.instance)[:2]
+        data, branch = build_probe(gateway, local, n, instance=self.instance,
+                                   user_agent=self.settings.user_agent)[:2]
         key = client_key(branch, b"OPTIONS")
         tx = ClientTransaction(key, data, invite=False, reliable=gateway.endpoint.is_reliable,
                                timers=self.settings.timers, now=now)
@@ -1354,6 +1364,16 @@ class ProxyCore:
             # noticed in about down_after × interval_down_s, not × interval_up_s.
             health = Health.PROBING
         self.schedule.reschedule(gateway.id, now, health, not_before=record.held_until)
+
+
+def _sides(settings: ProxySettings) -> tuple[frozenset[Endpoint], frozenset[Endpoint]]:
+    """Listeners that face only the PBX, and only Twilio (a shared socket faces both).
+
+    The inside accepts only ``inside.allow`` (and the PBX), the outside only the
+    gateways: a source arriving on the other side's socket is dropped.
+    """
+    inside, outside = frozenset(settings.inside), frozenset(settings.outside)
+    return inside - outside, outside - inside
 
 
 def _peer_name(ctx: _Context) -> str:

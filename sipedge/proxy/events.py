@@ -59,6 +59,7 @@ class DropReason(enum.Enum):
     ACK_UNROUTABLE = "ack_unroutable"  # an ACK for 2xx with nowhere to go
     RATE_LIMITED = "rate_limited"  # an inside source over its rate: its ban starts
     BANNED = "banned"  # from a source serving a ban (dropped before parsing)
+    WRONG_SIDE = "wrong_side"  # an inside source on the outside socket, or vice versa
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,8 +53,8 @@ class ProxySettings:
         limits: admission control (``proxy.admission``; ``[limits]``).
         media: Twilio's media range for the SDP check of INVITEs and answers from the
             gateways (``proxy.media``); None turns the check off.
-        user_agent: a User-Agent value for requests sipedge originates (not read by the
-            core today; probes take theirs from ``gateway.probe``).
+        user_agent: the User-Agent of requests sipedge originates (OPTIONS probes), or
+            None for none (the default: no product string for an attacker to read).
     """
 
     inside: tuple[Endpoint, ...]
@@ -72,4 +72,4 @@ class ProxySettings:
     retry_after_s: int
     media: MediaRange | None = None
     max_message_bytes: int = 65535
-    user_agent: bytes = b"sipedge"
+    user_agent: bytes | None
