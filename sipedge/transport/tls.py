@@ -40,6 +40,9 @@ Policy, pinned here and in ``tests/transport/test_tls_hardening.py``:
   forward-secret (EC)DHE key exchange only, AEAD suites first, no RC4, 3DES, NULL or
   SHA-1 MAC suites; security level 2 refuses RSA/DH keys under 2048 bits. TLS 1.3 suites
   are OpenSSL's three AEAD ones. A test fails if that default ever loosens.
+
+A failed handshake to a destination is classified by :func:`handshake_failure` so
+the stream table can log one line naming the peer and the reason, and count it.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ import ssl
 
 from sipedge.transport.base import TlsSettings, TransportError, TransportErrorReason
 
-__all__ = ["client_context", "server_context"]
+__all__ = ["TLS_FAILURE_REASONS", "client_context", "handshake_failure", "server_context"]
 
 # No compression (CRIME) and no renegotiation; Python already sets OP_NO_COMPRESSION,
 # it is repeated so the policy does not depend on a default.
@@ -111,3 +114,66 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
         raise TransportError(TransportErrorReason.TLS_CONFIG, str(exc)) from exc
     return ctx
 
+
+# OpenSSL X509_V_ERR_* codes (x509_vfy.h) grouped into the reasons we count. The set is
+# closed so a metric label never takes an unbounded value.
+_UNTRUSTED = frozenset({
+    2,   # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+    18,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+    19,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    20,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    24,  # X509_V_ERR_INVALID_CA
+    27,  # X509_V_ERR_CERT_UNTRUSTED
+    28,  # X509_V_ERR_CERT_REJECTED
+})
+_EXPIRED = 10  # X509_V_ERR_CERT_HAS_EXPIRED
+_NOT_YET_VALID = 9  # X509_V_ERR_CERT_NOT_YET_VALID
+_NAME_MISMATCH = frozenset({62, 64})  # X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
+# The peer and we share no TLS version: its alert, or our refusal of its ServerHello.
+_VERSION_REASONS = frozenset({"TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL"})
+
+#: Every value :func:`handshake_failure` can return as its reason (metric labels).
+TLS_FAILURE_REASONS = (
+    "untrusted",
+    "expired",
+    "not_yet_valid",
+    "hostname_mismatch",
+    "verify_failed",
+    "protocol_version",
+    "handshake_failed",
+)
+
+
+def handshake_failure(exc: ssl.SSLError) -> tuple[str, str]:
+    """Why an outbound TLS handshake failed, as a counter reason and a log phrase.
+
+    Args:
+        exc: what ``loop.create_connection`` raised for the handshake
+            (``ssl.SSLCertVerificationError`` when our verification refused the
+            peer's certificate, another ``ssl.SSLError`` for alerts and protocol
+            failures).
+
+    Returns:
+        ``(reason, detail)``: ``reason`` is one of :data:`TLS_FAILURE_REASONS`;
+        ``detail`` is OpenSSL's text, e.g. ``certificate verify failed: certificate has
+        expired``, ``certificate verify failed: hostname mismatch`` or ``TLS version
+        refused: tlsv1 alert protocol version``.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        if code in _NAME_MISMATCH:
+            # Python's text repeats the name we asked for, which the log line names.
+            return "hostname_mismatch", "certificate verify failed: hostname mismatch"
+        detail = f"certificate verify failed: {exc.verify_message}"
+        if code in _UNTRUSTED:
+            return "untrusted", detail
+        if code == _EXPIRED:
+            return "expired", detail
+        if code == _NOT_YET_VALID:
+            return "not_yet_valid", detail
+        return "verify_failed", detail
+    text = exc.reason.lower().replace("_", " ") if exc.reason else str(exc)
+    if exc.reason in _VERSION_REASONS:
+        return "protocol_version", f"TLS version refused: {text}"
+    return "handshake_failed", f"TLS handshake failed: {text}"

@@ -1,7 +1,9 @@
 """TLS hardening (issue 13): the context policy, and every refusal with its exact outcome.
 
-The context policy is pinned attribute by attribute, and the listener's version floor
-is checked from Python's ``ssl`` and from the ``openssl s_client`` CLI.
+Each refused case is checked three ways: the handshake error OpenSSL raises for our
+client context (type and verify code), what the stream table makes of it (one
+``transport_error`` for the destination, so the proxy core fails over), and the one
+WARNING line naming the destination, its server name and the reason, plus the counter.
 
 Addresses: 127.0.12.0/24 only, ephemeral ports.
 """
@@ -31,7 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sipedge.config import ConfigError, parse_config
 from sipedge.sip.address import Endpoint
 from sipedge.transport import TlsSettings, Transports
-from sipedge.transport.tls import client_context, server_context
+from sipedge.transport.tls import TLS_FAILURE_REASONS, client_context, server_context
 from tests.transport.conftest import RecordingSink, sip_request, until
 
 HOST_A = "127.0.12.1"  # sipedge (the side that connects)
@@ -260,7 +262,161 @@ async def test_tls_trusted_certificate_connects(
         await until(lambda: len(sink_b.messages) == 1)
         assert sink_b.messages[0].data == sip_request(1)
         assert sink_a.errors == []
+        assert a.tls_failures == {}
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# -- outbound: refusals ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    cert: str  # the certificate the gateway presents ("tls11": a TLS 1.1-only gateway)
+    server_name: str  # what sipedge asks for (SNI) and checks the certificate against
+    error: type[ssl.SSLError]
+    verify_code: int | None  # OpenSSL X509_V_ERR_*, for a verification failure
+    reason: str  # the counter key
+    detail: str  # the end of the log line
+
+
+REFUSALS = {
+    "other-ca-root-in-chain": Refusal(
+        "other_ca_full", DOMAIN, ssl.SSLCertVerificationError, 19, "untrusted",
+        "certificate verify failed: self-signed certificate in certificate chain",
+    ),
+    "other-ca-leaf-only": Refusal(
+        "other_ca", DOMAIN, ssl.SSLCertVerificationError, 20, "untrusted",
+        "certificate verify failed: unable to get local issuer certificate",
+    ),
+    "expired": Refusal(
+        "expired", DOMAIN, ssl.SSLCertVerificationError, 10, "expired",
+        "certificate verify failed: certificate has expired",
+    ),
+    "name-mismatch": Refusal(
+        "good", "example.sip.san-jose-ix.twilio.com", ssl.SSLCertVerificationError, 62,
+        "hostname_mismatch", "certificate verify failed: hostname mismatch",
+    ),
+    "wildcard-two-labels": Refusal(
+        "wildcard", "a.b.sip.ashburn-ix.twilio.com", ssl.SSLCertVerificationError, 62,
+        "hostname_mismatch", "certificate verify failed: hostname mismatch",
+    ),
+    "wildcard-parent-domain": Refusal(
+        "wildcard", "ashburn-ix.twilio.com", ssl.SSLCertVerificationError, 62,
+        "hostname_mismatch", "certificate verify failed: hostname mismatch",
+    ),
+    "wildcard-bare-suffix": Refusal(
+        "wildcard", "sip.ashburn-ix.twilio.com", ssl.SSLCertVerificationError, 62,
+        "hostname_mismatch", "certificate verify failed: hostname mismatch",
+    ),
+    "partial-wildcard": Refusal(
+        "partial_wildcard", DOMAIN, ssl.SSLCertVerificationError, 62,
+        "hostname_mismatch", "certificate verify failed: hostname mismatch",
+    ),
+    "common-name-without-san": Refusal(
+        "cn_only", DOMAIN, ssl.SSLCertVerificationError, 62,
+        "hostname_mismatch", "certificate verify failed: hostname mismatch",
+    ),
+    "gateway-speaks-tls11-only": Refusal(
+        "tls11", DOMAIN, ssl.SSLError, None, "protocol_version",
+        "TLS version refused: tlsv1 alert protocol version",
+    ),
+}
+
+
+@contextmanager
+def gateway(pki: Pki, cert: str) -> Iterator[Endpoint]:
+    """A TLS gateway presenting ``cert`` (or speaking only TLS 1.1 for ``tls11``)."""
+    if cert == "tls11":
+        ctx = _legacy_context(ssl.PROTOCOL_TLS_SERVER, "TLSv1_1")
+        ctx.load_cert_chain(*pki.certs["good"])
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*pki.certs[cert])
+    with blocking_tls_server(ctx) as server:
+        yield Endpoint("tls", HOST_B, server.port)
+
+
+async def _refused_handshake(pki: Pki, case: Refusal, dest: Endpoint) -> ssl.SSLError:
+    """What loop.create_connection raises with sipedge's client context."""
+    loop = asyncio.get_running_loop()
+    ctx = client_context(TlsSettings(pki.cafile))
+    with pytest.raises(ssl.SSLError) as info:
+        await loop.create_connection(
+            asyncio.Protocol, dest.host, dest.port, ssl=ctx, server_hostname=case.server_name
+        )
+    return info.value
+
+
+async def _check_refusal(pki: Pki, case: Refusal, caplog: pytest.LogCaptureFixture) -> None:
+    with gateway(pki, case.cert) as dest:
+        exc = await _refused_handshake(pki, case, dest)
+        assert type(exc) is case.error
+        if case.verify_code is not None:
+            assert isinstance(exc, ssl.SSLCertVerificationError)
+            assert exc.verify_code == case.verify_code
+        else:
+            assert exc.reason == "TLSV1_ALERT_PROTOCOL_VERSION"
+
+        caplog.clear()
+        sink = RecordingSink()
+        names = {dest: case.server_name}
+        async with Transports(sink, tls=TlsSettings(pki.cafile), sni_for=names.get) as t:
+            (local,) = await t.start([Endpoint("tcp", HOST_A, 0)])
+            t.send(sip_request(1), dest, local)
+            await until(lambda: sink.errors == [dest])
+            await asyncio.sleep(0.02)
+            assert sink.errors == [dest]  # exactly one transport error: the core fails over
+            assert sink.messages == []
+            assert t.connection_count == 0
+            assert t.tls_failures == {case.reason: 1}
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == TCP_LOG]
+    assert lines == [(
+        logging.WARNING,
+        f"TLS handshake with {dest} (server name {case.server_name}) failed: {case.detail}",
+    )]
+
+
+@pytest.mark.parametrize("case", list(REFUSALS.values()), ids=list(REFUSALS))
+async def test_tls_gateway_refused_transport_error_and_one_warning(
+    pki: Pki, case: Refusal, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=TCP_LOG)
+    await _check_refusal(pki, case, caplog)
+
+
+def test_tls_gateway_refusals_under_uvloop(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    """The same outcomes on uvloop's SSL transport (the production loop on Linux)."""
+    pytest.importorskip("uvloop")
+    from sipedge.transport import run
+
+    caplog.set_level(logging.INFO, logger=TCP_LOG)
+
+    async def scenario() -> None:
+        for name in ("other-ca-root-in-chain", "expired", "name-mismatch",
+                     "gateway-speaks-tls11-only"):
+            await _check_refusal(pki, REFUSALS[name], caplog)
+
+    run(scenario())
+
+
+def test_every_refusal_reason_is_a_declared_counter_key() -> None:
+    assert {case.reason for case in REFUSALS.values()} <= set(TLS_FAILURE_REASONS)
+
+
+async def test_tls_refusal_log_is_rate_limited_counter_is_not(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=TCP_LOG)
+    sink = RecordingSink()
+    with gateway(pki, "expired") as dest:
+        async with Transports(sink, tls=TlsSettings(pki.cafile), sni_for=lambda _: DOMAIN) as t:
+            (local,) = await t.start([Endpoint("tcp", HOST_A, 0)])
+            for n in range(1, 8):
+                t.send(sip_request(n), dest, local)
+                await until(lambda n=n: len(sink.errors) == n)  # type: ignore[misc]
+            assert t.tls_failures == {"expired": 7}
+    warned = [r for r in caplog.records if r.name == TCP_LOG and r.levelno == logging.WARNING]
+    assert len(warned) == 5  # RateLimitedLogger's burst for one (gateway, reason)
 
 
 # -- inbound: the sipedge TLS listener refuses TLS 1.0 and 1.1 -----------------------------
