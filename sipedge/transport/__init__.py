@@ -200,6 +200,15 @@ class Transports:
         """Stream connections currently in the table."""
         return len(self._streams.connections) if self._streams is not None else 0
 
+    @property
+    def tls_failures(self) -> dict[str, int]:
+        """Failed outbound TLS handshakes by reason (a copy; see ``StreamTable``).
+
+        Keys are ``sipedge.transport.tls.TLS_FAILURE_REASONS`` (``untrusted``,
+        ``expired``, ``hostname_mismatch``, ``protocol_version``, …), present once seen.
+        """
+        return dict(self._streams.tls_failures) if self._streams is not None else {}
+
     def send(self, data: bytes, dest: Endpoint, local: Endpoint) -> None:
         """Send one message; never blocks, never raises for peer problems.
 

@@ -12,6 +12,10 @@ Theory of operation:
   queue of pending bytes, so messages sent while connecting keep their order and do
   not open a second connection. A refused connect, a timeout, a failed TLS handshake
   or a reset becomes ``sink.transport_error(dest, now)`` (RFC 3261 §18.4).
+* A failed outbound TLS handshake (the peer's certificate refused, no common TLS
+  version) is an operator-visible fact, not a routine connect failure: one WARNING
+  line (rate-limited) names the destination, the server name it was checked against
+  and the reason, and ``StreamTable.tls_failures`` counts it by reason for metrics.
 * Each connection frames its byte stream with ``sipedge.sip.framing.StreamFramer``
   (Content-Length framing, RFC 3261 §18.3). A framing error is unrecoverable on a
   stream — the next message boundary is unknown — so the connection is closed.
@@ -31,6 +35,7 @@ import ssl
 from collections.abc import Callable
 from typing import cast
 
+from sipedge.logs import RateLimitedLogger
 from sipedge.sip.address import Endpoint
 from sipedge.sip.errors import ParseError
 from sipedge.sip.framing import StreamFramer
@@ -40,6 +45,7 @@ from sipedge.transport.base import (
     TransportError,
     TransportErrorReason,
 )
+from sipedge.transport.tls import handshake_failure
 from sipedge.transport.udp import peer_endpoint
 
 __all__ = ["StreamConnection", "StreamTable"]
@@ -215,6 +221,11 @@ class StreamTable:
             ``tls`` destination fail with a transport error).
         sni_for: server name for an outbound ``tls`` destination (SNI and the name the
             certificate is checked against); ``None`` from it means ``dest.host``.
+
+    Attributes:
+        tls_failures: failed outbound TLS handshakes by reason (the keys are
+            ``sipedge.transport.tls.TLS_FAILURE_REASONS``; a reason appears once seen),
+            read at scrape time by the metrics.
     """
 
     def __init__(
@@ -232,6 +243,8 @@ class StreamTable:
         self._client_ssl = client_ssl
         self._sni_for = sni_for
         self.connections: dict[Endpoint, StreamConnection] = {}
+        self.tls_failures: dict[str, int] = {}
+        self._limited = RateLimitedLogger(_log)
         self._open: set[StreamConnection] = set()  # everything not yet connection_lost
         self._connecting: set[asyncio.Task[None]] = set()
         self._listeners: list[_Listener] = []
@@ -362,11 +375,27 @@ class StreamTable:
             self.forget(conn)
             conn.closed.set()
             raise
+        except ssl.SSLError as exc:  # the TCP connect worked, the TLS handshake did not
+            self._tls_failed(dest, server_hostname or dest.host, exc)
+            self.forget(conn)
+            conn.closed.set()
+            self.report_error(dest)
         except Exception as exc:  # any connect/handshake failure is the peer's, a value
             _log.info("connect %s -> %s failed: %s", local, dest, exc)
             self.forget(conn)
             conn.closed.set()
             self.report_error(dest)
+
+    def _tls_failed(self, dest: Endpoint, server_name: str, exc: ssl.SSLError) -> None:
+        # Surfaces here: asyncio (and uvloop) complete the handshake inside
+        # create_connection and raise what OpenSSL said; ssl.SSLCertVerificationError
+        # when our client context refused the certificate.
+        reason, detail = handshake_failure(exc)
+        self.tls_failures[reason] = self.tls_failures.get(reason, 0) + 1
+        self._limited.log(
+            logging.WARNING, f"tls {dest} {reason}",
+            "TLS handshake with %s (server name %s) failed: %s", dest, server_name, detail,
+        )
 
     # -- housekeeping -------------------------------------------------------------------
 

@@ -11,8 +11,11 @@ import trustme
 
 from sipedge.sip.address import Endpoint
 from sipedge.transport import TlsSettings, TransportError, TransportErrorReason, Transports
-from tests.transport.conftest import HOST_A, HOST_B, RecordingSink, sip_request, until
+from tests.transport.conftest import RecordingSink, sip_request, until
 
+# The TLS tests keep to 127.0.12.0/24 (ephemeral ports), away from the other suites.
+HOST_A = "127.0.12.1"
+HOST_B = "127.0.12.2"
 DOMAIN = "example.sip.ashburn-ix.twilio.com"
 
 
