@@ -1,0 +1,54 @@
+"""Access control (issue 13): each side's socket takes only that side's sources; no
+product string leaves sipedge unless configured."""
+
+from __future__ import annotations
+
+from sipedge.proxy.events import DropReason
+from tests.helpers.wire import (
+    INSIDE,
+    OUTSIDE,
+    PBX,
+    STRANGER,
+    VIRGINIA,
+    ProxyHarness,
+    calls,
+    header,
+    make_request,
+)
+from tests.proxy.test_core import invite
+
+
+def test_pbx_request_on_the_outside_socket_is_dropped() -> None:
+    h = ProxyHarness()
+    h.bring_up()
+    assert h.feed(invite(), PBX, local=OUTSIDE) == []
+    assert h.core.stats.drops[DropReason.WRONG_SIDE] == 1
+    assert len(calls(h.feed(invite(2), PBX, local=INSIDE))) == 1  # its own side works
+
+
+def test_gateway_request_on_the_inside_socket_is_dropped() -> None:
+    h = ProxyHarness()
+    h.bring_up()
+    data = make_request(b"INVITE", b"sip:+14155550100@127.0.0.3:5060",
+                        via=[b"SIP/2.0/UDP 127.0.0.64:5060;branch=z9hG4bK-gw-side"],
+                        call_id=b"side@twilio")
+    assert h.feed(data, VIRGINIA[0], local=INSIDE) == []
+    assert h.core.stats.drops[DropReason.WRONG_SIDE] == 1
+    assert len(calls(h.feed(data, VIRGINIA[0], local=OUTSIDE))) == 1
+
+
+def test_stranger_gets_nothing_on_either_socket() -> None:
+    h = ProxyHarness()
+    h.bring_up()
+    for local in (INSIDE, OUTSIDE):
+        assert h.feed(invite(3), STRANGER, local=local) == []
+    assert h.core.stats.drops[DropReason.SOURCE_NOT_ALLOWED] == 2
+
+
+def test_probes_carry_no_user_agent_by_default() -> None:
+    h = ProxyHarness()
+    probes = [s for s in h.start() if s.data.startswith(b"OPTIONS ")]
+    h.advance(10)
+    probes += [s for s in h.sent if s.data.startswith(b"OPTIONS ")]
+    assert probes and all(header(s.data, b"User-Agent") is None for s in probes)
+    assert all(header(s.data, b"Server") is None for s in h.sent)
