@@ -86,10 +86,11 @@ _LINGER_S = 2.0
 #: while any slowloris deadline is enabled.
 _MIN_PERIOD_S = 0.05
 _DEADLINE_PERIOD_S = 1.0
+#: Refusals at admission (logged at WARNING: the operator may need to raise a cap).
+_LIMITS = frozenset({StreamCloseReason.TOTAL_LIMIT, StreamCloseReason.PER_IP_LIMIT})
 #: Closes the sink hears about as a transport error: the peer had sent (part of) a
 #: message, so the core may hold transactions for it. A connection that never sent
 #: a byte, or was refused, has nothing the core knows of.
-_LIMITS = frozenset({StreamCloseReason.TOTAL_LIMIT, StreamCloseReason.PER_IP_LIMIT})
 _REPORTED = frozenset({
     StreamCloseReason.MESSAGE_TIMEOUT,
     StreamCloseReason.TOO_LARGE,
