@@ -22,6 +22,13 @@ state          input                                next
 
 Work is O(n) in the bytes fed: the CRLF CRLF search resumes where the previous one stopped
 and a message whose size is known is not looked at again until enough bytes arrived.
+
+Memory is bounded (no unbounded buffer for a peer): a header block that grows past
+``max_message`` without CRLF CRLF raises at once, and a Content-Length that would make the
+message larger raises before any body byte is awaited, so the buffer never holds more
+than ``max_message`` plus the last chunk fed.  Both raise ``ParseError(513)``; the
+transport tells them apart with :meth:`StreamFramer.pending_head` (the header block is
+known only in the second case, and only then can a 513 be addressed).
 """
 
 from __future__ import annotations
@@ -51,7 +58,9 @@ class StreamFramer:
         state: the current :class:`FramerState`.
     """
 
-    __slots__ = ("_buf", "_crlfs", "_needed", "_scan", "max_message", "pings", "state")
+    __slots__ = (
+        "_buf", "_crlfs", "_head_end", "_needed", "_scan", "max_message", "pings", "state",
+    )
 
     def __init__(self, max_message: int = 65535) -> None:
         self.max_message = max_message
@@ -61,6 +70,7 @@ class StreamFramer:
         self._crlfs = 0  # consecutive keep-alive CRLFs not yet counted as a ping
         self._scan = 0  # where the next CRLF CRLF search starts
         self._needed = 0  # total size of the message being received (state BODY)
+        self._head_end = -1  # offset of the CRLF CRLF once found (state BODY), else -1
 
     def feed(self, data: bytes) -> None:
         """Append bytes received from the connection."""
@@ -70,6 +80,28 @@ class StreamFramer:
     def buffered(self) -> int:
         """Bytes held that do not form a whole message yet."""
         return len(self._buf)
+
+    @property
+    def in_message(self) -> bool:
+        """True while a message has begun but is not whole yet (state not ``BETWEEN``).
+
+        Keep-alive CRLFs between messages do not count: a connection that is only
+        pinging is between messages.
+        """
+        return self.state is not FramerState.BETWEEN
+
+    def pending_head(self) -> bytes | None:
+        """The header block (through CRLF CRLF) of the message being framed, if known.
+
+        Known once the end of the header block was found, including when
+        :meth:`next_message` raised because the Content-Length makes the message too
+        large: the transport copies Via/From/To/Call-ID/CSeq from it to answer 513
+        (RFC 3261 §21.5.14). ``None`` while the end has not been seen, e.g. after a
+        header block overflowed ``max_message`` with no CRLF CRLF at all.
+        """
+        if self._head_end < 0:
+            return None
+        return bytes(self._buf[: self._head_end + 4])
 
     def next_message(self) -> bytes | None:
         """Return the next whole message, or None when more bytes are needed.
@@ -103,6 +135,7 @@ class StreamFramer:
                     raise ParseError(513, "header block larger than the maximum message size")
                 self._scan = max(0, len(buf) - 3)
                 return None
+            self._head_end = end
             body_len = _content_length(bytes(buf[:end]))
             self._needed = end + 4 + body_len
             if self._needed > self.max_message:
@@ -114,6 +147,7 @@ class StreamFramer:
         del buf[: self._needed]
         self.state = FramerState.BETWEEN
         self._needed = 0
+        self._head_end = -1
         return message
 
 

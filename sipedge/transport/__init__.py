@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Iterable
-from types import TracebackType
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType, TracebackType
 
 from sipedge.sip.address import Endpoint
 from sipedge.transport.base import (
     MessageSink,
     Sender,
+    StreamCloseReason,
     StreamSettings,
     TlsSettings,
     TransportError,
@@ -39,6 +40,7 @@ from sipedge.transport.udp import UdpListener, open_udp_listener
 __all__ = [
     "MessageSink",
     "Sender",
+    "StreamCloseReason",
     "StreamSettings",
     "TlsSettings",
     "TransportError",
@@ -208,6 +210,17 @@ class Transports:
         ``expired``, ``hostname_mismatch``, ``protocol_version``, …), present once seen.
         """
         return dict(self._streams.tls_failures) if self._streams is not None else {}
+
+    @property
+    def stream_closes(self) -> Mapping[StreamCloseReason, int]:
+        """Stream connections refused or closed by the transport, by reason.
+
+        A live read-only view of ``StreamTable.closes`` (monotonic counters, every
+        reason present; all zero before :meth:`start`) for the metrics collector.
+        """
+        if self._streams is None:
+            return dict.fromkeys(StreamCloseReason, 0)
+        return MappingProxyType(self._streams.closes)
 
     def send(self, data: bytes, dest: Endpoint, local: Endpoint) -> None:
         """Send one message; never blocks, never raises for peer problems.

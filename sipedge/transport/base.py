@@ -26,6 +26,7 @@ from sipedge.sip.address import Endpoint
 __all__ = [
     "MessageSink",
     "Sender",
+    "StreamCloseReason",
     "StreamSettings",
     "TlsSettings",
     "TransportError",
@@ -99,6 +100,24 @@ class TransportError(Exception):
         self.detail = detail
 
 
+class StreamCloseReason(enum.Enum):
+    """Why the stream transport refused or closed a connection on its own initiative.
+
+    The keys of ``StreamTable.closes`` (one counter each, for the metrics collector).
+    Closes the peer asked for (FIN, RST) or the operator did (shutdown) are not here.
+    """
+
+    TOTAL_LIMIT = "total_limit"  # accepted over ``max_connections``: closed at once
+    PER_IP_LIMIT = "per_ip_limit"  # accepted over ``max_connections_per_ip``: closed at once
+    FIRST_BYTE_TIMEOUT = "first_byte_timeout"  # nothing sent within ``first_byte_timeout_s``
+    MESSAGE_TIMEOUT = "message_timeout"  # a message begun, unfinished after ``message_timeout_s``
+    TOO_LARGE = "too_large"  # Content-Length makes the message exceed ``max_message`` (513)
+    HEADERS_TOO_LARGE = "headers_too_large"  # ``max_message`` bytes and still no CRLF CRLF
+    FRAMING_ERROR = "framing_error"  # Content-Length missing, malformed or conflicting
+    IDLE_TIMEOUT = "idle_timeout"  # between messages, no bytes either way for ``idle_timeout_s``
+    WRITE_STALLED = "write_stalled"  # the peer stopped reading: ``write_hard_limit`` passed
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
     """Tuning for TCP/TLS connections (defaults suit a trunk proxy; tests shrink them).
@@ -110,7 +129,11 @@ class StreamSettings:
             inbound connection (§18.2.2: a new connection to the caller's sent-by
             would hit a NAT or firewall); it is far above the 15 s probe / CRLF
             keep-alive interval so gateway flows never reap; the cost is one file
-            descriptor per idle peer, bounded by ``max_connections``.
+            descriptor per idle peer, bounded by ``max_connections`` (and per source
+            address by ``max_connections_per_ip``). Kamailio's
+            ``tcp_connection_lifetime``. It governs only the gaps *between* messages;
+            a connection that never sends, or stalls inside a message, meets the
+            much shorter ``first_byte_timeout_s`` / ``message_timeout_s``.
         connect_timeout_s: TCP connect plus TLS handshake budget. Below Twilio's 4 s
             "no provisional reply" failover timer would starve the handshake on a slow
             link; above it the proxy core has already failed over anyway.
@@ -119,12 +142,45 @@ class StreamSettings:
             CRLF), so NATs and firewalls on the private link keep the flow; 0 disables.
             30 s is twice Twilio's probe interval: a probed flow never needs one.
         max_connections: cap on open stream connections (inbound plus outbound);
-            beyond it inbound connections are refused and sends fail.
-        max_message: largest framed message accepted (the framer closes beyond).
+            beyond it an accepted connection is closed at once (counted as
+            ``TOTAL_LIMIT``) and sends that need a new connection fail. Kamailio's
+            ``tcp_max_connections``; the cost of the cap is one fd and at most
+            ``max_message`` buffered bytes per connection.
+        max_connections_per_ip: cap on *inbound* connections from one source address;
+            beyond it an accepted connection is closed at once (``PER_IP_LIMIT``).
+            A PBX trunk opens one or a few connections (one flow per registration or
+            per transport; RFC 5626 flows are per instance) and Twilio's signalling
+            edges reuse a handful per address, so 64 leaves room for a PBX cluster or
+            several IP phones behind one NAT address while one misbehaving host can
+            take at most 64 of the 4096 slots rather than all of them. Outbound
+            connections (ours, to configured gateways) do not count. 0 disables.
+        first_byte_timeout_s: an accepted connection that has sent no byte at all
+            this long after accept (after the TLS handshake, for TLS) is closed
+            (``FIRST_BYTE_TIMEOUT``): slowloris's cheapest form, a connect and
+            nothing more. A SIP client opens a connection to send a request
+            (RFC 3261 §18.1.1) and writes it at once; 5 s is far above a round trip
+            on the private link, a slow TLS client included (the handshake has its
+            own ``connect_timeout_s``).
+            Once a byte arrived, the idle timeout governs the gaps between messages.
+            0 disables.
+        message_timeout_s: once the first byte of a message arrived, the whole
+            message (header block and body, up to ``max_message``) must arrive within
+            this long, else the connection is closed (``MESSAGE_TIMEOUT``): the
+            trickling slowloris that keeps ``last_activity`` fresh with one byte at a
+            time and so defeats the idle timeout. 64 KiB take milliseconds on the
+            private link; 10 s forgives a congested path and a retransmission or two.
+            Keep-alive CRLFs between messages are not a message. 0 disables.
+        max_message: largest framed message accepted, header block plus body
+            (Kamailio's ``tcp_rd_buf_size`` plays this role). A Content-Length that
+            makes a request larger is answered ``513 Message Too Large`` (RFC 3261
+            §21.5.14) and the connection closed (``TOO_LARGE``); a header block that
+            passes it without CRLF CRLF is closed unanswered (``HEADERS_TOO_LARGE``).
+            The read buffer of a connection never holds more than this plus one read.
         write_high_water: write buffer size at which reading from that peer pauses
             (backpressure: do not accept work whose answers cannot be written).
         write_hard_limit: write buffer size at which the peer is a lost cause and the
-            connection is aborted (a peer that stopped reading).
+            connection is aborted (a peer that stopped reading; Kamailio's
+            ``tcp_conn_wq_max``).
         max_pending: bytes queued for a connection that is still connecting.
     """
 
@@ -132,6 +188,9 @@ class StreamSettings:
     keepalive_s: float = 30.0
     connect_timeout_s: float = 5.0
     max_connections: int = 4096
+    max_connections_per_ip: int = 64
+    first_byte_timeout_s: float = 5.0
+    message_timeout_s: float = 10.0
     max_message: int = 65535
     write_high_water: int = 256 * 1024
     write_hard_limit: int = 4 * 1024 * 1024

@@ -20,7 +20,32 @@ Theory of operation:
   (Content-Length framing, RFC 3261 §18.3). A framing error is unrecoverable on a
   stream — the next message boundary is unknown — so the connection is closed.
   A double-CRLF keep-alive ping is answered with a single CRLF pong (RFC 5626 §4.4.1).
-* One periodic reaper closes connections idle longer than ``idle_timeout_s``.
+* Resource caps (issue 13; Kamailio's ``tcp_max_connections``, ``tcp_conn_wq_max``,
+  ``tcp_rd_buf_size``, ``tcp_connection_lifetime`` are the reference): no peer can make
+  the table hold unbounded memory or descriptors.
+
+  - Admission: an accepted connection over ``max_connections`` (all connections) or
+    ``max_connections_per_ip`` (inbound ones from its source address) is aborted in
+    ``connection_made``, before a byte is read.
+  - Read buffer: the framer holds at most ``max_message`` plus one read. A request
+    whose Content-Length makes it larger is answered 513 built from its header block
+    (``answer_parse_error``, RFC 3261 §21.5.14) and closed; a header block that passes
+    the maximum without CRLF CRLF is closed unanswered.
+  - Slowloris: an accepted connection must send its first byte within
+    ``first_byte_timeout_s``, and a message once begun must be whole within
+    ``message_timeout_s`` — one byte every few seconds keeps ``last_activity`` fresh
+    and would otherwise defeat the idle timeout. Between messages (keep-alive CRLFs
+    included) only the idle timeout applies, so a quiet trunk is left alone.
+  - Write buffer: see backpressure below.
+
+  Each connection carries at most one armed deadline (a float and its reason), set
+  when the framer state changes, never a timer of its own; the one periodic reaper
+  compares it, O(connections) per sweep. Every close the table decides is counted
+  in :attr:`StreamTable.closes` by :class:`StreamCloseReason`, read by the metrics
+  collector at scrape time.
+* One periodic reaper closes connections idle longer than ``idle_timeout_s`` and those
+  past their deadline. Its period is at most 1 s while a deadline is enabled (a close
+  is at most one period late) and otherwise a quarter of the idle timeout.
 * Backpressure: when a peer stops reading and our write buffer passes the high-water
   mark, reading from that same peer pauses until the buffer drains; past a hard limit
   the connection is aborted rather than buffering without bound.
@@ -30,6 +55,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -39,8 +66,10 @@ from sipedge.logs import RateLimitedLogger
 from sipedge.sip.address import Endpoint
 from sipedge.sip.errors import ParseError
 from sipedge.sip.framing import StreamFramer
+from sipedge.sip.message import answer_parse_error
 from sipedge.transport.base import (
     MessageSink,
+    StreamCloseReason,
     StreamSettings,
     TransportError,
     TransportErrorReason,
@@ -55,6 +84,25 @@ _log = logging.getLogger(__name__)
 _PING = b"\r\n\r\n"
 _PONG = b"\r\n"
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+#: How long a 513 may take to flush before the connection is aborted anyway (a peer
+#: that sent too much and does not read must not keep its descriptor).
+_LINGER_S = 2.0
+#: Reaper period bounds: fine enough for sub-second test deadlines, and at most 1 s
+#: while any slowloris deadline is enabled.
+_MIN_PERIOD_S = 0.05
+_DEADLINE_PERIOD_S = 1.0
+#: Refusals at admission (logged at WARNING: the operator may need to raise a cap).
+_LIMITS = frozenset({StreamCloseReason.TOTAL_LIMIT, StreamCloseReason.PER_IP_LIMIT})
+#: Closes the sink hears about as a transport error: the peer had sent (part of) a
+#: message, so the core may hold transactions for it. A connection that never sent
+#: a byte, or was refused, has nothing the core knows of.
+_REPORTED = frozenset({
+    StreamCloseReason.MESSAGE_TIMEOUT,
+    StreamCloseReason.TOO_LARGE,
+    StreamCloseReason.HEADERS_TOO_LARGE,
+    StreamCloseReason.FRAMING_ERROR,
+    StreamCloseReason.WRITE_STALLED,
+})
 
 
 class StreamConnection(asyncio.Protocol):
@@ -66,6 +114,12 @@ class StreamConnection(asyncio.Protocol):
         local: the listener this connection belongs to (inbound) or the ``local`` it
             was opened for (outbound); given to the sink with every message.
         last_activity: ``loop.time()`` of the last byte read or written.
+        deadline: ``loop.time()`` by which :attr:`deadline_reason` closes the
+            connection unless the framer moves on (``math.inf``: none armed); the
+            reaper compares it.
+        deadline_reason: FIRST_BYTE_TIMEOUT after accept, MESSAGE_TIMEOUT while a
+            message is in progress, ``None`` when none is armed or while a 513 is
+            lingering (the reaper then aborts without counting again).
     """
 
     def __init__(
@@ -87,6 +141,9 @@ class StreamConnection(asyncio.Protocol):
         self.last_activity = table.loop.time()
         # We opened it (peer known up front): ours to keep alive toward a gateway.
         self.outbound = peer is not None
+        self.deadline = math.inf
+        self.deadline_reason: StreamCloseReason | None = None
+        self.counted_ip: str | None = None  # the source address admit() counted it under
         self.closed = asyncio.Event()
 
     # -- asyncio callbacks --------------------------------------------------------------
@@ -102,6 +159,10 @@ class StreamConnection(asyncio.Protocol):
             if not self._table.admit(self):
                 transport.abort()
                 return
+            first_byte_s = self._table.settings.first_byte_timeout_s
+            if first_byte_s > 0:  # slowloris: a connect and nothing more
+                self.deadline = self.last_activity + first_byte_s
+                self.deadline_reason = StreamCloseReason.FIRST_BYTE_TIMEOUT
         if self._pending:
             transport.write(b"".join(self._pending))
             self._pending.clear()
@@ -112,16 +173,29 @@ class StreamConnection(asyncio.Protocol):
         self.last_activity = now = loop.time()
         framer = self._framer
         framer.feed(data)
+        delivered = False
         try:
             while (message := framer.next_message()) is not None:
                 assert self.peer is not None
+                delivered = True
                 self._table.sink.receive(message, self.peer, self.local, now)
         except ParseError as exc:
-            # RFC 3261 §18.3: without a usable Content-Length the stream cannot be
-            # re-synchronised; closing is the only safe answer.
-            _log.info("%s: closing stream: %s", self.peer, exc.reason)
-            self._fail()
+            self._reject(exc, now)
             return
+        if not framer.in_message:
+            # Between messages (keep-alive CRLFs included): the idle timeout governs.
+            self.deadline = math.inf
+            self.deadline_reason = None
+        elif delivered or self.deadline_reason is not StreamCloseReason.MESSAGE_TIMEOUT:
+            # A new message began in this read: it must be whole within the deadline
+            # (a byte at a time keeps last_activity fresh; this clock does not reset).
+            message_s = self._table.settings.message_timeout_s
+            if message_s > 0:
+                self.deadline = now + message_s
+                self.deadline_reason = StreamCloseReason.MESSAGE_TIMEOUT
+            else:
+                self.deadline = math.inf
+                self.deadline_reason = None
         pings = framer.pings
         if pings:
             framer.pings = 0  # the framer counts since the caller last reset it
@@ -177,10 +251,20 @@ class StreamConnection(asyncio.Protocol):
         transport.write(data)
         self.last_activity = self._table.loop.time()
         if transport.get_write_buffer_size() > settings.write_hard_limit:
-            _log.warning("%s: peer not reading, aborting the connection", self.peer)
-            self._failed = True
-            transport.abort()
+            self._close_for(StreamCloseReason.WRITE_STALLED, "peer not reading")
         return True
+
+    @property
+    def is_closing(self) -> bool:
+        """True once a close was started (or the connection is gone)."""
+        return self._transport is None or self._transport.is_closing()
+
+    def close_idle(self, now: float) -> None:
+        """Close after ``idle_timeout_s`` without traffic: gracefully, within a bound."""
+        self._table.count_close(self, StreamCloseReason.IDLE_TIMEOUT)
+        self.close()
+        self.deadline = now + _LINGER_S
+        self.deadline_reason = None
 
     def close(self) -> None:
         """Close gracefully (buffered bytes are flushed first)."""
@@ -194,8 +278,49 @@ class StreamConnection(asyncio.Protocol):
         else:
             self.closed.set()
 
-    def _fail(self) -> None:
+    def expire(self) -> None:
+        """The reaper found :attr:`deadline` passed: close for :attr:`deadline_reason`."""
+        reason = self.deadline_reason
+        self.deadline = math.inf
+        if reason is None:  # a 513 that did not flush in time: just let go
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        self._close_for(reason)
+
+    def _reject(self, exc: ParseError, now: float) -> None:
+        # RFC 3261 §18.3: without a usable Content-Length the stream cannot be
+        # re-synchronised, and a message over the maximum is not read: either way
+        # closing is the only safe answer.
+        if exc.status != 513:
+            self._close_for(StreamCloseReason.FRAMING_ERROR, exc.reason)
+            return
+        head = self._framer.pending_head()
+        if head is None:  # max_message bytes and still no CRLF CRLF: nothing to answer
+            self._close_for(StreamCloseReason.HEADERS_TOO_LARGE, exc.reason)
+            return
+        # RFC 3261 §21.5.14 513 Message Too Large, when the header block is a request
+        # with Via/From/To/Call-ID/CSeq to copy (answer_parse_error returns None for a
+        # response or when one is missing); sent back over this connection (§18.2.2).
+        reply = answer_parse_error(head, exc, to_tag=os.urandom(5).hex().encode())
+        transport = self._transport
+        if reply is None or transport is None:
+            self._close_for(StreamCloseReason.TOO_LARGE, exc.reason)
+            return
+        self._table.count_close(self, StreamCloseReason.TOO_LARGE, exc.reason)
         self._failed = True
+        transport.write(reply)
+        transport.close()  # flush the 513 first; stops reading at once
+        self.deadline = now + _LINGER_S  # ...but not forever if the peer is not reading
+        self.deadline_reason = None
+
+    def _close_for(self, reason: StreamCloseReason, detail: str = "") -> None:
+        """Count ``reason`` and abort (a slowloris peer gets no graceful flush)."""
+        self._table.count_close(self, reason, detail)
+        self.deadline = math.inf
+        self.deadline_reason = None
+        if reason in _REPORTED:
+            self._failed = True
         if self._transport is not None:
             self._transport.abort()
 
@@ -226,6 +351,9 @@ class StreamTable:
         tls_failures: failed outbound TLS handshakes by reason (the keys are
             ``sipedge.transport.tls.TLS_FAILURE_REASONS``; a reason appears once seen),
             read at scrape time by the metrics.
+        closes: connections refused or closed by the table, by reason (every
+            :class:`StreamCloseReason` is a key from the start, so a collector can
+            export zeros); monotonic counters, never reset.
     """
 
     def __init__(
@@ -249,9 +377,15 @@ class StreamTable:
         self._connecting: set[asyncio.Task[None]] = set()
         self._listeners: list[_Listener] = []
         self._closing = False
-        period = min(max(settings.idle_timeout_s / 4, 0.05), 30.0)
+        self.closes: dict[StreamCloseReason, int] = dict.fromkeys(StreamCloseReason, 0)
+        self._per_ip: dict[str, int] = {}  # admitted inbound connections by source address
+        self._limited = RateLimitedLogger(_log)
+        period = min(max(settings.idle_timeout_s / 4, _MIN_PERIOD_S), 30.0)
         if settings.keepalive_s > 0:
-            period = min(period, max(settings.keepalive_s / 3, 0.05))
+            period = min(period, max(settings.keepalive_s / 3, _MIN_PERIOD_S))
+        for deadline_s in (settings.first_byte_timeout_s, settings.message_timeout_s):
+            if deadline_s > 0:  # honour it within a period: at most 1 s late
+                period = min(period, _DEADLINE_PERIOD_S, max(deadline_s / 4, _MIN_PERIOD_S))
         self._reap_period = period
         self._reaper: asyncio.TimerHandle | None = loop.call_later(period, self._reap)
 
@@ -295,20 +429,73 @@ class StreamTable:
         return listener.local
 
     def admit(self, conn: StreamConnection) -> bool:
-        """Enter an accepted connection in the table, unless over the cap or closing."""
-        if self._closing or len(self._open) >= self.settings.max_connections:
-            _log.warning("refusing stream connection from %s: limit reached", conn.peer)
+        """Enter an accepted connection in the table, unless over a cap or closing.
+
+        Returns:
+            False when the caller must abort it: the table is closing, or it would
+            pass ``max_connections`` (counted ``TOTAL_LIMIT``) or its source
+            address's ``max_connections_per_ip`` (counted ``PER_IP_LIMIT``).
+        """
+        if self._closing:
             return False
         assert conn.peer is not None
+        settings = self.settings
+        host = conn.peer.host
+        if len(self._open) >= settings.max_connections:
+            self.count_close(conn, StreamCloseReason.TOTAL_LIMIT, "max_connections reached")
+            return False
+        per_ip = settings.max_connections_per_ip
+        if per_ip > 0 and self._per_ip.get(host, 0) >= per_ip:
+            self.count_close(conn, StreamCloseReason.PER_IP_LIMIT, "max_connections_per_ip reached")
+            return False
         self._open.add(conn)
         self.connections[conn.peer] = conn
+        self._per_ip[host] = self._per_ip.get(host, 0) + 1
+        conn.counted_ip = host
         return True
 
     def forget(self, conn: StreamConnection) -> None:
-        """Drop a connection that is gone (called from ``connection_lost``)."""
+        """Drop a connection that is gone (called from ``connection_lost``); idempotent."""
         self._open.discard(conn)
         if conn.peer is not None and self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
+        host = conn.counted_ip
+        if host is not None:
+            conn.counted_ip = None
+            left = self._per_ip[host] - 1
+            if left:
+                self._per_ip[host] = left
+            else:
+                del self._per_ip[host]  # nothing kept for a peer that is gone
+
+    def count_close(
+        self, conn: StreamConnection, reason: StreamCloseReason, detail: str = ""
+    ) -> None:
+        """Count a refusal or close decided by the transport (one rate-limited log line)."""
+        self.closes[reason] += 1
+        if reason in _LIMITS:  # the operator may need to raise a cap: say so
+            level, verb = logging.WARNING, "refusing"
+        elif reason is StreamCloseReason.IDLE_TIMEOUT:  # routine housekeeping
+            level, verb = logging.DEBUG, "closing"
+        else:
+            level, verb = logging.INFO, "closing"
+        self._limited.log(level, reason.value, "%s stream connection %s: %s%s",
+                          verb, conn.peer, reason.value, f" ({detail})" if detail else "")
+
+    @property
+    def refused_total(self) -> int:
+        """Accepted connections closed at once over either cap (total or per address)."""
+        closes = self.closes
+        return closes[StreamCloseReason.TOTAL_LIMIT] + closes[StreamCloseReason.PER_IP_LIMIT]
+
+    @property
+    def refused_per_ip(self) -> int:
+        """Accepted connections closed at once over ``max_connections_per_ip``."""
+        return self.closes[StreamCloseReason.PER_IP_LIMIT]
+
+    def connections_from(self, host: str) -> int:
+        """Admitted inbound connections from the source address ``host`` right now."""
+        return self._per_ip.get(host, 0)
 
     def report_error(self, dest: Endpoint) -> None:
         """Tell the sink about ``dest``, from the loop (never re-entrantly)."""
@@ -404,12 +591,16 @@ class StreamTable:
         deadline = now - self.settings.idle_timeout_s
         keepalive_s = self.settings.keepalive_s
         ping_before = now - keepalive_s
-        for conn in list(self.connections.values()):
+        # Every open connection once per sweep: O(connections), no per-connection timer.
+        for conn in list(self._open):
             if not conn.is_connected:
                 continue
-            if conn.last_activity < deadline:
-                _log.debug("closing idle stream %s", conn.peer)
-                conn.close()
+            if conn.deadline <= now:
+                conn.expire()
+            elif conn.is_closing:
+                continue  # already on its way out (counted when that was decided)
+            elif conn.last_activity < deadline:
+                conn.close_idle(now)
             elif keepalive_s > 0 and conn.outbound and conn.last_activity < ping_before:
                 conn.write(_PING)  # RFC 5626 §4.4.1 double-CRLF keep-alive
         self._reaper = self.loop.call_later(self._reap_period, self._reap)

@@ -133,3 +133,44 @@ def test_framer_max_size() -> None:
     f.feed(b"X" * 100)
     with pytest.raises(ParseError):
         f.next_message()
+
+
+def test_framer_header_block_without_end_past_max_raises_and_stays_bounded() -> None:
+    # Slowloris with a header block that never ends: the buffer must not grow past max.
+    f = StreamFramer(max_message=256)
+    f.feed(b"OPTIONS sip:x SIP/2.0\r\n")
+    assert f.next_message() is None and f.in_message
+    raised = None
+    for _ in range(100):
+        f.feed(b"X-Pad: " + b"a" * 25 + b"\r\n")
+        try:
+            assert f.next_message() is None
+        except ParseError as exc:
+            raised = exc
+            break
+        assert f.buffered <= 256
+    assert raised is not None and raised.status == 513
+    assert f.pending_head() is None  # no CRLF CRLF: no header block to answer from
+
+
+def test_framer_content_length_past_max_raises_with_head_known() -> None:
+    f = StreamFramer(max_message=256)
+    big = MSG.replace(b"Content-Length: 3", b"Content-Length: 100000")[:-3]
+    f.feed(big)
+    with pytest.raises(ParseError) as exc:
+        f.next_message()
+    assert exc.value.status == 513
+    assert f.pending_head() == big  # the whole header block, to copy Via/From/To… from
+
+
+def test_framer_in_message_only_between_first_byte_and_last() -> None:
+    f = StreamFramer()
+    f.feed(b"\r\n\r\n\r")  # keep-alives (and half a CRLF) are not a message
+    assert f.next_message() is None and not f.in_message and f.pending_head() is None
+    f.feed(b"\n" + MSG[:5])
+    assert f.next_message() is None and f.in_message
+    f.feed(MSG[5:-1])
+    assert f.next_message() is None and f.in_message
+    assert f.pending_head() == MSG[:-3]
+    f.feed(MSG[-1:])
+    assert f.next_message() == MSG and not f.in_message and f.pending_head() is None
