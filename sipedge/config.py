@@ -51,6 +51,7 @@ from sipedge.proxy.media import MediaRange
 from sipedge.proxy.settings import ProxySettings, RejectUnknown
 from sipedge.sip.address import TRANSPORTS, Endpoint, default_port
 from sipedge.sip.timers import Timers
+from sipedge.transport.base import StreamSettings
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -72,6 +73,7 @@ __all__ = [
     "ProbeConfig",
     "TlsConfig",
     "build_settings",
+    "build_stream_settings",
     "load_config",
     "parse_config",
     "section_keys",
@@ -88,6 +90,8 @@ _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 # Twilio asks for at most one OPTIONS ping per 10–15 s per gateway (interconnect facts).
 _TWILIO_MIN_PROBE_INTERVAL_S = 10.0
 
+
+_STREAM = StreamSettings()
 
 class ConfigError(Exception):
     """The one error of the config layer: ``FILE: key: reason``.
@@ -340,6 +344,13 @@ class LimitsConfig:
         emergency_numbers: Request-URI user parts that bypass the call caps.
         max_sources: per-source table size (bounded memory under spoofed floods).
         max_transactions: server transactions in progress; beyond, new requests get 503.
+        tcp_max_connections: open TCP/TLS connections in all (inbound + outbound).
+        tcp_max_connections_per_ip: inbound TCP/TLS connections from one address.
+        tcp_first_byte_timeout_s: an accepted connection that sends nothing is closed.
+        tcp_message_timeout_s: a message begun must be complete within this (slowloris).
+        tcp_max_message_bytes: a larger stream message is answered 513 and the
+            connection closed.
+        tcp_idle_timeout_s: a connection with no traffic for this long is closed.
     """
 
     source_rate_per_s: float = 2000.0
@@ -351,6 +362,14 @@ class LimitsConfig:
     emergency_numbers: tuple[str, ...] = ("911", "933", "112", "999")
     max_sources: int = 10000
     max_transactions: int = 100000
+    # The stream transport's own defaults (transport.base.StreamSettings, where each one
+    # is explained) are the one source of these.
+    tcp_max_connections: int = _STREAM.max_connections
+    tcp_max_connections_per_ip: int = _STREAM.max_connections_per_ip
+    tcp_first_byte_timeout_s: float = _STREAM.first_byte_timeout_s
+    tcp_message_timeout_s: float = _STREAM.message_timeout_s
+    tcp_max_message_bytes: int = _STREAM.max_message
+    tcp_idle_timeout_s: float = _STREAM.idle_timeout_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -1024,7 +1043,19 @@ class _Loader:
                        ban_s=self.positive, call_rate_per_s=self.non_negative,
                        call_burst=self.positive, gateway_calls_per_s=self.non_negative,
                        emergency_numbers=self.items(self.dial_string),
-                       max_sources=self.count, max_transactions=self.count)
+                       max_sources=self.count, max_transactions=self.count,
+                       tcp_max_connections=self.count, tcp_max_connections_per_ip=self.count,
+                       tcp_first_byte_timeout_s=self.positive,
+                       tcp_message_timeout_s=self.positive,
+                       tcp_max_message_bytes=self.message_size,
+                       tcp_idle_timeout_s=self.positive)
+
+    def message_size(self, value: Any, key: str) -> int:
+        """A stream message size cap: at least a minimal INVITE, at most 16 MiB."""
+        number = self.typed(value, key, int)
+        if not 1024 <= number <= 16 * 1024 * 1024:
+            raise self.error(key, f"{number}: expected 1024 to 16777216 bytes")
+        return number
 
     def dial_string(self, value: Any, key: str) -> str:
         """An emergency number: digits, optionally with a leading ``+``."""
@@ -1120,6 +1151,17 @@ def build_settings(config: Config) -> ProxySettings:
         limits=_admission_limits(config.limits),
         user_agent=config.outside.user_agent.encode("ascii") or None,
     )
+
+
+def build_stream_settings(config: Config) -> StreamSettings:
+    """The TCP/TLS transport's limits from ``[limits]`` (the rest keep their defaults)."""
+    limits = config.limits
+    return replace(_STREAM, max_connections=limits.tcp_max_connections,
+                   max_connections_per_ip=limits.tcp_max_connections_per_ip,
+                   first_byte_timeout_s=limits.tcp_first_byte_timeout_s,
+                   message_timeout_s=limits.tcp_message_timeout_s,
+                   max_message=limits.tcp_max_message_bytes,
+                   idle_timeout_s=limits.tcp_idle_timeout_s)
 
 
 def _admission_limits(limits: LimitsConfig) -> AdmissionLimits:

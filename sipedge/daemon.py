@@ -21,7 +21,14 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from sipedge.admin import AdminServer
-from sipedge.config import Config, ConfigError, GatewayConfig, build_settings, load_config
+from sipedge.config import (
+    Config,
+    ConfigError,
+    GatewayConfig,
+    build_settings,
+    build_stream_settings,
+    load_config,
+)
 from sipedge.eventlog import EventLogger
 from sipedge.gateway.health import GatewayStateChanged, Health, HealthPolicy, ReplyCodes
 from sipedge.gateway.pool import Gateway, GatewayPool
@@ -253,7 +260,8 @@ class Daemon:
             tls = TlsSettings(cafile=config.tls.cafile, certfile=config.tls.certfile,
                               keyfile=config.tls.keyfile)
         self._sni = _sni_map(core.pool)
-        transports = self.transports = Transports(driver, tls=tls, sni_for=self._sni.get)
+        transports = self.transports = Transports(driver, settings=build_stream_settings(config),
+                                                  tls=tls, sni_for=self._sni.get)
         driver.attach(transports)
         try:
             await transports.start(config.listen)
@@ -448,6 +456,7 @@ class Daemon:
             log.warning("%s: tls: changes take effect at the next restart", new.path)
         # 2. The core: settings, ACLs, edges and gateways (health kept), probe timing.
         self.config = new
+        transports.reconfigure_streams(build_stream_settings(new))
         probe = new.probe
         core.schedule.retune(loop.time(), interval_up_s=probe.interval_up_s,
                              interval_down_s=probe.interval_down_s,
@@ -517,7 +526,8 @@ class Daemon:
     async def _start_admin(self, listen: Endpoint) -> AdminServer:
         assert self.driver is not None
         registry = make_registry(lambda: self.driver, loop_lag=self.lag,  # type: ignore[arg-type, return-value]
-                                 state=lambda: self.phase.value)
+                                 state=lambda: self.phase.value,
+                                 transports=lambda: self.transports)
         admin = AdminServer(self.driver, metrics=metrics_endpoint(registry), control=self)
         await admin.start(listen)
         return admin

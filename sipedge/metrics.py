@@ -59,6 +59,8 @@ from sipedge.proxy.stats import (
     Histogram,
     ProxyStats,
 )
+from sipedge.transport.base import StreamCloseReason
+from sipedge.transport.tls import TLS_FAILURE_REASONS
 
 if TYPE_CHECKING:
     from sipedge.proxy.core import ProxyCore
@@ -96,6 +98,19 @@ _SIDE: Final = {Direction.OUTBOUND: "inside", Direction.INBOUND: "outside",
 _CALL_DIRECTION: Final = {Direction.OUTBOUND: "outbound", Direction.INBOUND: "inbound",
                           Direction.UNKNOWN: "unknown"}
 _CALL_CLASSES: Final = (3, 4, 5, 6)  # final non-2xx classes pre-initialised per edge
+
+
+class TransportView(Protocol):
+    """What the collector reads from the transports (``sipedge.transport.Transports``)."""
+
+    @property
+    def stream_closes(self) -> Mapping[StreamCloseReason, int]: ...
+
+    @property
+    def tls_failures(self) -> dict[str, int]: ...
+
+    @property
+    def connection_count(self) -> int: ...
 
 
 class DriverView(Protocol):
@@ -286,13 +301,17 @@ class SipedgeCollector(Collector):
         build_info: labels of ``sipedge_build_info``; default version and python.
         state: returns the daemon's lifecycle state name (``LIFECYCLE_STATES``), or None
             (then ``sipedge_state`` is absent).
+        transports: returns the transports (stream closes by reason, TLS failures), or
+            None (then those families are absent).
     """
 
     def __init__(self, driver: Callable[[], DriverView], *,
                  loop_lag: LoopLagMonitor | None = None,
                  build_info: Mapping[str, str] | None = None,
-                 state: Callable[[], str] | None = None) -> None:
+                 state: Callable[[], str] | None = None,
+                 transports: Callable[[], TransportView | None] | None = None) -> None:
         self._driver = driver
+        self._transports = transports
         self._loop_lag = loop_lag
         info = build_info if build_info is not None else {
             "version": __version__, "python": platform.python_version()}
@@ -311,6 +330,33 @@ class SipedgeCollector(Collector):
         yield from self._latency(stats, snapshot, edges)
         yield from self._gateways(snapshot, edges)
         yield from self._gauges(stats, core.draining)
+        transports = self._transports() if self._transports is not None else None
+        if transports is not None:
+            yield from self._streams(transports)
+
+    @staticmethod
+    def _streams(transports: TransportView) -> Iterator[Metric]:
+        closes = _Family.counter(
+            "sipedge_stream_closes",
+            "TCP/TLS connections refused or closed by sipedge, by reason (total_limit, "
+            "per_ip_limit, first_byte_timeout and message_timeout: slowloris, too_large: "
+            "answered 513, headers_too_large, framing_error, idle_timeout, write_stalled).",
+            labels=("reason",))
+        for reason, count in transports.stream_closes.items():
+            closes.add_metric((reason.value,), count)
+        yield closes
+        tls = _Family.counter(
+            "sipedge_tls_failures",
+            "Outbound TLS handshakes to gateways that failed, by reason (untrusted, expired, "
+            "hostname_mismatch, protocol_version...): the call failed over.",
+            labels=("reason",))
+        failures = transports.tls_failures
+        for why in TLS_FAILURE_REASONS:
+            tls.add_metric((why,), failures.get(why, 0))
+        yield tls
+        yield _Family.gauge("sipedge_stream_connections",
+                            "Open TCP/TLS connections (inbound and outbound).",
+                            value=transports.connection_count)
 
     # -- families ---------------------------------------------------------------------------
 
@@ -622,6 +668,7 @@ def make_registry(driver: Callable[[], DriverView], *,
                   loop_lag: LoopLagMonitor | None = None,
                   build_info: Mapping[str, str] | None = None,
                   state: Callable[[], str] | None = None,
+                  transports: Callable[[], TransportView | None] | None = None,
                   process: bool = True) -> CollectorRegistry:
     """A fresh registry with sipedge's collector and the process/platform/GC collectors.
 
@@ -639,6 +686,7 @@ def make_registry(driver: Callable[[], DriverView], *,
     """
     registry = CollectorRegistry()
     registry.register(SipedgeCollector(driver, loop_lag=loop_lag, build_info=build_info,
+                                       transports=transports,
                                        state=state))
     if process:
         ProcessCollector(registry=registry)

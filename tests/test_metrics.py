@@ -39,7 +39,10 @@ from sipedge.metrics import (
 )
 from sipedge.proxy.events import DropReason
 from sipedge.sip.address import Endpoint
+from sipedge.transport import Transports
+from sipedge.transport.base import StreamCloseReason
 from sipedge.transport.driver import CoreDriver
+from sipedge.transport.tls import TLS_FAILURE_REASONS
 from tests.helpers.wire import (
     CALLEE,
     INSIDE,
@@ -108,8 +111,10 @@ class Lab:
         self.driver = CoreDriver(self.h.core, loop, lambda event: None)
         self.monitor = LoopLagMonitor()
         self.state = "ready"
+        self.transports = Transports(self.driver)  # not started: its counters read zero
         self.registry = make_registry(lambda: self.driver, loop_lag=self.monitor,
-                                      state=lambda: self.state)
+                                      state=lambda: self.state,
+                                      transports=lambda: self.transports)
 
     def scrape(self) -> Scrape:
         return parse(exposition(self.registry))
@@ -581,3 +586,13 @@ def test_alerts_have_for_severity_and_summary() -> None:
         assert "summary:" in block and "description:" in block, name
         if name != "InternalErrors":  # fires on the first error
             assert re.search(r"\n\s+for: \d+m", block), name
+
+
+async def test_stream_and_tls_families_are_present_at_zero(lab: Lab) -> None:
+    scrape = lab.scrape()
+    closes = scrape.series("sipedge_stream_closes_total")
+    assert {dict(k)["reason"] for k in closes} == {r.value for r in StreamCloseReason}
+    assert set(closes.values()) == {0.0}
+    tls = scrape.series("sipedge_tls_failures_total")
+    assert {dict(k)["reason"] for k in tls} == set(TLS_FAILURE_REASONS)
+    assert scrape.series("sipedge_stream_connections") == {frozenset(): 0.0}

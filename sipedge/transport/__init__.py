@@ -202,6 +202,12 @@ class Transports:
         """Stream connections currently in the table."""
         return len(self._streams.connections) if self._streams is not None else 0
 
+    def reconfigure_streams(self, settings: StreamSettings) -> None:
+        """New stream limits from a reload: caps and deadlines apply from the next check."""
+        self._settings = settings
+        if self._streams is not None:
+            self._streams.settings = settings
+
     @property
     def tls_failures(self) -> dict[str, int]:
         """Failed outbound TLS handshakes by reason (a copy; see ``StreamTable``).
