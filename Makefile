@@ -41,11 +41,12 @@ sipp:
 ## rules), systemd-analyze (unit verify), nft (firewall output), docker-compose (Debian's
 ## Compose v1, only to parse and validate docker-compose.yml: `config` needs no engine, and
 ## --no-install-recommends keeps docker.io out), curl (the README's keepalived check),
-## iptables-restore (checks the iptables form of `sipedge firewall` with --test, never applied).
+## iptables-restore (checks the iptables form of `sipedge firewall` with --test, never applied),
+## svmap (SIPVicious: svmap/svwar/svcrack, the scanners of tests/e2e/test_attacks.py).
 ## apt-get update runs only when something is missing; policy-rc.d (exit 101) keeps the
 ## prometheus package from starting its daemon, and is removed again only if we created it.
 TOOLS := promtool:prometheus systemd-analyze:systemd nft:nftables docker-compose:docker-compose \
-         curl:curl iptables-restore:iptables
+         curl:curl iptables-restore:iptables svmap:sipvicious
 tools:
 	@missing=""; \
 	for t in $(TOOLS); do \
