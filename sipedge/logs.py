@@ -7,6 +7,11 @@ shippers: ``ts`` (ISO 8601 UTC, milliseconds; kept under the journal too, becaus
 machine-read), ``level``, ``logger``, ``msg``, then the structured fields a caller passes
 as ``extra={"fields": {...}}`` (call events pass ``call_id``, ``direction``, ``edge``,
 ``gateway``, ``code``, ``answer_s``), and ``exc`` with the traceback when there is one.
+
+Peers' bytes reach log lines (a Call-ID, a peer's text in a drop reason), and RFC 3261
+grammar aside, a Call-ID can carry NUL or ESC: ``text`` escapes C0 control characters and
+DEL in the message as ``\\xNN`` (no terminal escape sequence, no NUL, no forged second
+line reaches the log); ``json`` gets the same from ``json.dumps``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ __all__ = [
     "JsonFormatter",
     "LogFormat",
     "RateLimitedLogger",
+    "TextFormatter",
     "is_journal",
     "make_formatter",
     "setup_logging",
@@ -37,6 +43,20 @@ LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _TEXT_UNDER_JOURNAL = "%(levelname)s %(name)s: %(message)s"
+
+
+#: C0 controls and DEL → ``\xNN`` (str.translate table).
+_ESCAPE_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+class TextFormatter(logging.Formatter):
+    """``logging.Formatter`` whose message part never carries a control character.
+
+    Only the formatted message is escaped: a traceback appended after it keeps its lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_ESCAPE_CONTROLS)
 
 
 class JsonFormatter(logging.Formatter):
@@ -110,7 +130,7 @@ def make_formatter(fmt: str, environ: Mapping[str, str] = os.environ,
         return JsonFormatter()
     if fmt == "text":
         journal = is_journal(environ, stream)
-        return logging.Formatter(_TEXT_UNDER_JOURNAL if journal else _TEXT)
+        return TextFormatter(_TEXT_UNDER_JOURNAL if journal else _TEXT)
     raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
 
 

@@ -88,6 +88,24 @@ def test_json_keeps_ts_under_the_journal() -> None:
     assert ISO_MS_UTC.fullmatch(json.loads(formatter.format(record()))["ts"])
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_peer_control_characters_never_reach_the_line_raw(fmt: str) -> None:
+    # A Call-ID from the wire with NUL, ESC (a terminal escape sequence), CR/LF (a forged
+    # second line) and DEL: escaped, the line stays one printable line.
+    call_id = "a\x00b\x1b[2Jc\r\nINFO sipedge: forged\x7f"
+    line = make_formatter(fmt, environ={}).format(record("call %s answered", call_id))
+    assert not re.search(r"[\x00-\x1f\x7f]", line), repr(line)
+    if fmt == "text":
+        assert line.endswith(r"call a\x00b\x1b[2Jc\x0d\x0aINFO sipedge: forged\x7f answered")
+    else:
+        assert json.loads(line)["msg"] == f"call {call_id} answered"
+
+
+def test_text_traceback_keeps_its_lines() -> None:
+    line = make_formatter("text", environ={}).format(record(exc=True))
+    assert "\nTraceback (most recent call last):\n" in line and "RuntimeError: boom" in line
+
+
 def test_unknown_format_refused() -> None:
     with pytest.raises(ValueError, match="xml"):
         make_formatter("xml")
