@@ -514,6 +514,15 @@ CASES: list[Case] = [
      lambda t, p, c: request(transport=t, port=p, call_id=c, extra=(b"Subject: a\x00b",)),
      _status(400),
      "today: forwarded to the gateway unchanged (NUL and all) and its 200 relayed"),
+    # §25.1 callid = word ["@" word]: a header the proxy keys transactions and logs on
+    # (§16.3 step 1: what the proxy uses MUST be well-formed).
+    ("nul-in-call-id",
+     lambda t, p, c: request("INVITE", transport=t, port=p, call_id=c + b"\x00x"),
+     _status(400), "today: forwarded to every gateway in turn (SIPp chokes on it: no "
+     "provisional, failover, 408 after 6 s)"),
+    ("escape-in-call-id",
+     lambda t, p, c: request("INVITE", transport=t, port=p, call_id=c + b"\x1b[2J"),
+     _status(400), "today: forwarded to the gateway and its 200 relayed"),
     # §21.5.14: beyond what the proxy handles, 513 (sipedge caps the Via count).
     ("200-via-headers", _vias, _status(513),
      "today: forwarded with all 200 Via (+ sipedge's) and the gateway's 200 relayed"),
@@ -696,9 +705,14 @@ class TestMalformed:
         assert inner_id not in forwarded[0]
         _legit_call(tmp_path, transport)
 
-    def test_no_internal_error(self, malformed_daemon: Daemon) -> None:
+    def test_no_internal_error_and_a_printable_log(self, malformed_daemon: Daemon) -> None:
         assert _total(_scrape(), "sipedge_internal_errors_total") == 0
-        assert "Traceback" not in malformed_daemon.log()
+        log = malformed_daemon.log_path.read_bytes()
+        assert b"Traceback" not in log
+        # The NUL and ESC of the Call-IDs above reached log lines escaped (sipedge.logs).
+        assert not re.search(rb"[\x00-\x09\x0b-\x1f\x7f]", log), re.findall(
+            rb".{0,60}[\x00-\x09\x0b-\x1f\x7f].{0,20}", log)[:3]
+        assert rb"\x1b[2J" in log
 
 
 # -- 6. slowloris ------------------------------------------------------------------------------
