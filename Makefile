@@ -95,6 +95,12 @@ bench-core: $(STAMP)
 bench-load: $(STAMP)
 	bash bench/load.sh $${WHAT:-all}
 
+## make attacks: the long hardening runs against the live daemon (~3.5 min, not in CI):
+## 60 s stranger flood at 2,000 INVITE/s beside 20 PBX calls/s, an allowed source over its
+## rate (banned), 2,000 trickling + 1,000 idle TCP connections (slowloris)
+attacks: $(STAMP) sipp tools
+	$(PY) bench/attacks.py all
+
 ## make fuzz: atheris over the parser and the forward transform (not in CI)
 fuzz: $(STAMP)
 	$(PY) -m pip install -q atheris
