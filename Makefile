@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 PREFIX  ?= /opt/sipedge
 DESTDIR ?=
 
-.PHONY: run lab test lint unit e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
+.PHONY: attacks run lab test lint unit e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
         install uninstall
 
 $(STAMP): pyproject.toml
