@@ -12,6 +12,7 @@ from enum import Enum
 
 from sipedge.proxy.media import MediaRange
 from sipedge.sip.address import Endpoint
+from sipedge.sip.message import DEFAULT_LIMITS, Limits
 from sipedge.sip.timers import Timers
 
 __all__ = ["Network", "ProxySettings", "RejectUnknown"]
@@ -49,6 +50,9 @@ class ProxySettings:
         probe_timeout_s: an OPTIONS probe without a reply in this time is ``TimedOut``.
         retry_after_s: Retry-After on the 503 sent when no gateway is usable.
         max_message_bytes: larger messages are refused with 513.
+        limits: the parser's header count / line length / Via count / branch length
+            limits (``sip.message.Limits``; past one a request gets 513).  Not read from
+            the file yet (a ``[limits]`` section would fill it).
         media: Twilio's media range for the SDP check of INVITEs and answers from the
             gateways (``proxy.media``); None turns the check off.
         user_agent: a User-Agent value for requests sipedge originates (not read by the
@@ -69,4 +73,5 @@ class ProxySettings:
     retry_after_s: int
     media: MediaRange | None = None
     max_message_bytes: int = 65535
+    limits: Limits = DEFAULT_LIMITS
     user_agent: bytes = b"sipedge"
