@@ -50,6 +50,7 @@ from sipedge.proxy.admission import AdmissionLimits
 from sipedge.proxy.media import MediaRange
 from sipedge.proxy.settings import ProxySettings, RejectUnknown
 from sipedge.sip.address import TRANSPORTS, Endpoint, default_port
+from sipedge.sip.message import MAX_BRANCH_BYTES, MAX_HEADERS, MAX_LINE_BYTES, MAX_VIA, Limits
 from sipedge.sip.timers import Timers
 from sipedge.transport.base import StreamSettings
 
@@ -351,6 +352,10 @@ class LimitsConfig:
         tcp_max_message_bytes: a larger stream message is answered 513 and the
             connection closed.
         tcp_idle_timeout_s: a connection with no traffic for this long is closed.
+        max_headers: header lines in one message (folded lines count).
+        max_header_line_bytes: bytes in one header line (and the Request-URI: 414).
+        max_via: Via values in one message (70: the most a Max-Forwards-70 path makes).
+        max_branch_bytes: bytes in the top Via's branch parameter.
     """
 
     source_rate_per_s: float = 2000.0
@@ -370,6 +375,12 @@ class LimitsConfig:
     tcp_message_timeout_s: float = _STREAM.message_timeout_s
     tcp_max_message_bytes: int = _STREAM.max_message
     tcp_idle_timeout_s: float = _STREAM.idle_timeout_s
+    # The parser's limits (sip.message, where each default is explained): past one a
+    # request is answered 513 and the work stops at the limit.
+    max_headers: int = MAX_HEADERS
+    max_header_line_bytes: int = MAX_LINE_BYTES
+    max_via: int = MAX_VIA
+    max_branch_bytes: int = MAX_BRANCH_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -1048,7 +1059,9 @@ class _Loader:
                        tcp_first_byte_timeout_s=self.positive,
                        tcp_message_timeout_s=self.positive,
                        tcp_max_message_bytes=self.message_size,
-                       tcp_idle_timeout_s=self.positive)
+                       tcp_idle_timeout_s=self.positive, max_headers=self.count,
+                       max_header_line_bytes=self.count, max_via=self.count,
+                       max_branch_bytes=self.count)
 
     def message_size(self, value: Any, key: str) -> int:
         """A stream message size cap: at least a minimal INVITE, at most 16 MiB."""
@@ -1149,6 +1162,10 @@ def build_settings(config: Config) -> ProxySettings:
         retry_after_s=max(1, round(2 * config.probe.interval_down_s)),
         media=_media_range() if config.inbound.check_media else None,
         limits=_admission_limits(config.limits),
+        message_limits=Limits(max_headers=config.limits.max_headers,
+                              max_line_bytes=config.limits.max_header_line_bytes,
+                              max_via=config.limits.max_via,
+                              max_branch_bytes=config.limits.max_branch_bytes),
         user_agent=config.outside.user_agent.encode("ascii") or None,
     )
 

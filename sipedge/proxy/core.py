@@ -284,10 +284,7 @@ class ProxyCore:
     def receive(self, data: bytes, peer: Endpoint, local: Endpoint, now: float) -> None:
         """Handle one message that arrived from ``peer`` on listener ``local``."""
         self._now = now
-        if len(data) > self.settings.max_message_bytes:
-            self.stats.parse_errors += 1
-            self._drop(peer, DropReason.TOO_LARGE)
-            return
+        settings = self.settings
         direction = self._direction(peer.host)
         if direction is Direction.OUTBOUND:
             # Admission first, before any parsing: a flooding inside source costs one
@@ -305,8 +302,14 @@ class ProxyCore:
         elif direction is Direction.INBOUND and local in self._inside_only:
             self._drop(peer, DropReason.WRONG_SIDE)  # a gateway on the PBX-side socket
             return
+        if len(data) > settings.max_message_bytes:
+            # RFC 3261 §21.5.14: answered 513 when a Via can be found in the head (the
+            # scan of answer_parse_error is bounded by the limits); else dropped.
+            error = ParseError(513, "message larger than max_message_bytes")
+            self._parse_failed(data, error, peer, local, drop_reason=DropReason.TOO_LARGE)
+            return
         try:
-            msg = parse(data)
+            msg = parse(data, settings.message_limits)
         except ParseError as exc:
             self._parse_failed(data, exc, peer, local)
             return
@@ -319,8 +322,9 @@ class ProxyCore:
                 self._on_request(msg, peer, local, now)
         except SipError as exc:
             # A header we interpret lazily turned out malformed: same answer as a parse error.
-            status = exc.status if isinstance(exc, ParseError) else 400
-            self._parse_failed(data, ParseError(status, str(exc)), peer, local, msg)
+            if not isinstance(exc, ParseError):
+                exc = ParseError(400, str(exc))
+            self._parse_failed(data, exc, peer, local, msg)
 
     def transport_error(self, dest: Endpoint, now: float) -> None:
         """The shell could not deliver to ``dest`` (refused, reset, TLS failure)."""
@@ -458,11 +462,12 @@ class ProxyCore:
     # ------------------------------------------------------------------ parse errors
 
     def _parse_failed(self, data: bytes, exc: ParseError, peer: Endpoint, local: Endpoint,
-                      msg: Request | Response | None = None) -> None:
+                      msg: Request | Response | None = None,
+                      drop_reason: DropReason | None = None) -> None:
         self.stats.parse_errors += 1
         if exc.status is None or isinstance(msg, Response) or data.startswith(b"SIP/"):
             self.stats.count_parse_error(None)
-            self._drop(peer, DropReason.UNPARSEABLE, exc.reason)
+            self._drop(peer, drop_reason or DropReason.UNPARSEABLE, exc.reason)
             return
         self.stats.count_parse_error(exc.status)
         if (self.settings.reject_unknown is RejectUnknown.DROP
@@ -475,23 +480,27 @@ class ProxyCore:
         dest = peer
         if isinstance(msg, Request):
             try:
-                reply = build_response(msg, exc.status, headers=exc.extra_headers,
+                reply = build_response(msg, exc.status, exc.phrase, headers=exc.extra_headers,
                                        to_tag=self._new_tag())
                 dest = _response_dest(msg, peer)
             except SipError:
                 reply = None
         if reply is None:
-            # parse() itself failed (no Request to copy from): scan the raw header lines
-            # leniently for Via/From/To/Call-ID/CSeq (RFC 3261 §16.3, §8.2.6).
-            reply = answer_parse_error(data, exc, to_tag=self._new_tag())
+            # parse() itself failed or the header index did (no Request to copy from):
+            # scan the raw header lines leniently for Via/From/To/Call-ID/CSeq (RFC 3261
+            # §16.3, §8.2.6); a Via is enough, the phrase names what is missing.
+            reply = answer_parse_error(data, exc, to_tag=self._new_tag(),
+                                       limits=self.settings.message_limits)
         if reply is not None:
             self.stats.parse_errors_answered += 1
             self.stats.count_local_reply(exc.status)
             self._outbox.append(Send(reply, dest, local))
             self._events.append(RequestRejected(peer, exc.status, exc.reason))
             return
-        # Without the mandatory headers no answer can be built (RFC 3261 §8.2.6 copies them).
-        self._drop(peer, DropReason.UNANSWERABLE, f"{exc.status}: {exc.reason}")
+        # Without a parsable top Via there is nothing to route or match an answer by
+        # (RFC 3261 §18.2.2, §17.1.3): on a stream too, a response without Via would be
+        # dropped by the client, so it is not sent.
+        self._drop(peer, drop_reason or DropReason.UNANSWERABLE, f"{exc.status}: {exc.reason}")
 
     # ------------------------------------------------------------------ requests
 
@@ -541,7 +550,8 @@ class ProxyCore:
             if uri is not None and self.listeners.is_own(uri):
                 checked = uri
         if isinstance(checked, Reject):
-            self._respond_stateless(req, peer, local, checked.status, checked.reason.encode(),
+            self._respond_stateless(req, peer, local, checked.status,
+                                    checked.phrase or checked.reason.encode(),
                                     checked.extra_headers)
             return
         if len(self._contexts) >= self.settings.limits.max_transactions:

@@ -13,6 +13,7 @@ from enum import Enum
 from sipedge.proxy.admission import AdmissionLimits
 from sipedge.proxy.media import MediaRange
 from sipedge.sip.address import Endpoint
+from sipedge.sip.message import Limits
 from sipedge.sip.timers import Timers
 
 __all__ = ["Network", "ProxySettings", "RejectUnknown"]
@@ -51,6 +52,8 @@ class ProxySettings:
         retry_after_s: Retry-After on the 503 sent when no gateway is usable.
         max_message_bytes: larger messages are refused with 513.
         limits: admission control (``proxy.admission``; ``[limits]``).
+        message_limits: the parser's header count / line length / Via count / branch
+            length limits (``sip.message.Limits``; past one a request gets 513).
         media: Twilio's media range for the SDP check of INVITEs and answers from the
             gateways (``proxy.media``); None turns the check off.
         user_agent: the User-Agent of requests sipedge originates (OPTIONS probes), or
@@ -73,3 +76,4 @@ class ProxySettings:
     media: MediaRange | None = None
     max_message_bytes: int = 65535
     user_agent: bytes | None
+    message_limits: Limits

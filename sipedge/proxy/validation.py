@@ -42,13 +42,16 @@ class Reject:
 
     Attributes:
         status: SIP status code to answer with.
-        reason: short log text (not wire data).
+        reason: short log text; also the answer's reason phrase when ``phrase`` is None
+            (so always a literal of this package, ASCII).
         extra_headers: header lines to add, e.g. ``((b"Unsupported", b"foo"),)``.
+        phrase: the reason phrase of the answer (``ParseError.phrase``), if any.
     """
 
     status: int
     reason: str
     extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+    phrase: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +97,7 @@ def check_request(req: Request) -> Reject | Uri:
     try:
         return _validate_request(req)
     except ParseError as exc:
-        return Reject(exc.status or 400, exc.reason, exc.extra_headers)
+        return Reject(exc.status or 400, exc.reason, exc.extra_headers, exc.phrase)
 
 
 def _validate_request(req: Request) -> Reject | Uri:

@@ -8,7 +8,9 @@ from sipedge.sip.errors import ParseError, ProtocolViolation, SipError
 from sipedge.sip.framing import StreamFramer
 from sipedge.sip.headers import CSeq, NameAddr, Via, make_branch, parse_name_addr, parse_via
 from sipedge.sip.message import (
+    DEFAULT_LIMITS,
     ForwardPlan,
+    Limits,
     Message,
     Request,
     Response,
@@ -27,9 +29,11 @@ from sipedge.sip.uri import Uri, parse_uri, uri_equal
 # Owned by the transaction work: add its re-exports here and to __all__ below.
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "CSeq",
     "Endpoint",
     "ForwardPlan",
+    "Limits",
     "Message",
     "NameAddr",
     "ParseError",

@@ -24,20 +24,27 @@ class ParseError(SipError):
         reason: short human text for logs and counters (``str``: it is not wire data).
         extra_headers: header lines to add to the answer, e.g. ``((b"Unsupported", b"foo"),)``
             for a 420 (RFC 3261 §20.40).
+        phrase: the Reason-Phrase of the answer (RFC 3261 §21.4.1: "SHOULD identify the
+            syntax problem in more detail"), e.g. ``b"Missing Call-ID"``; None for the
+            status's default phrase.  Always a short ASCII literal of the raising code,
+            never bytes of the peer (nothing received is echoed on the start line).
     """
 
-    __slots__ = ("extra_headers", "reason", "status")
+    __slots__ = ("extra_headers", "phrase", "reason", "status")
 
     def __init__(
         self,
         status: int | None,
         reason: str,
         extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+        *,
+        phrase: bytes | None = None,
     ) -> None:
         super().__init__(status, reason)
         self.status = status
         self.reason = reason
         self.extra_headers = extra_headers
+        self.phrase = phrase
 
     @property
     def drop(self) -> bool:

@@ -15,7 +15,9 @@ dict of common spellings and compact forms (:data:`sipedge.sip.grammar.CANONICAL
 ``.lower()`` on the common path), and the structural rules that framing does not need
 are checked in the same pass: no bare LF, the mandatory headers (RFC 3261 §8.1.1) and
 singletons appearing once (RFC 4475 §3.3.8), CSeq number and method (§8.1.1.5, RFC 4475
-§3.1.2.17-18), Max-Forwards digits (§20.22).  Every accessor may therefore raise
+§3.1.2.17-18), Max-Forwards digits (§20.22), no stray NUL, and the :class:`Limits`
+(header lines, line length, Via values; the top Via's branch when it is parsed) -- the
+split stops at the header limit, so a flood costs the limit.  Every accessor may therefore raise
 :class:`ParseError`; :func:`sipedge.proxy.validation.validate_request` touches them
 first, so ``parse`` + ``validate_request`` enforce what a strict parser would.
 Interpreted values -- the top Via, From/To, CSeq -- are parsed on first access and
@@ -71,7 +73,13 @@ from sipedge.sip.headers import (
 )
 
 __all__ = [
+    "DEFAULT_LIMITS",
+    "MAX_BRANCH_BYTES",
+    "MAX_HEADERS",
+    "MAX_LINE_BYTES",
+    "MAX_VIA",
     "ForwardPlan",
+    "Limits",
     "Message",
     "Request",
     "Response",
@@ -89,7 +97,61 @@ __all__ = [
 #: and the ceiling of what we forward (Kamailio maxfwd ``max_limit`` semantics).
 MAX_FORWARDS_DEFAULT: Final = 70
 
+# -- limits (issue 13): how much of a peer's message the parser is willing to look at --
+#
+# RFC 3261 sets no bound on the number or size of header fields, Via values or tokens; a
+# stack without one spends work and memory in proportion to whatever a peer sends (the
+# CVE history of SIP stacks: huge Via stacks and branches, header floods).  Past a limit
+# the parser stops and raises at once, so the work is bounded by the limit, not by the
+# message.  Status choice (RFC 3261 §21): what is beyond a limit is legal syntax that this
+# server will not process, not a syntax error, so 400 would mislead the sender; §21.5.14
+# 513 "Message Too Large" is the server saying "the message length exceeded its
+# capabilities".  483 Too Many Hops is §16.3 step 3's answer to Max-Forwards 0 only, so a
+# long Via stack is 513 "Too Many Via" as well (a real loop is caught by Max-Forwards and
+# RFC 5393 loop detection).  A start line over the line limit is §21.4.12 414 "Request-URI
+# Too Long" when the Request-URI is what is long.  On a response every limit means drop.
+
+#: Header lines per message (folded continuation lines count as lines).
+MAX_HEADERS: Final = 128
+#: Bytes per wire line: the start line and every header line (CRLF excluded).
+MAX_LINE_BYTES: Final = 8192
+#: Via values per message (all Via lines, comma lists counted value by value).  RFC 3261
+#: sets no bound; RFC 4475 §3.1.1.7 ``longreq``, which every element must accept, carries
+#: 34, so 32 would refuse a valid torture message.  70 is the bound a conforming path
+#: implies: a request that left its UAC with the recommended Max-Forwards 70 (§8.1.1.6)
+#: and still may be forwarded (Max-Forwards >= 1) has passed at most 69 proxies, so it
+#: carries at most 70 Via values.
+MAX_VIA: Final = 70
+#: Bytes of the top Via's branch parameter (our transaction key; RFC 3261 §8.1.1.7 has
+#: no bound, real stacks use 20-70).
+MAX_BRANCH_BYTES: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the parser accepts before it answers 513 (see the module constants).
+
+    The proxy takes them from its settings (``ProxySettings.limits``); the defaults are
+    the module constants.
+
+    Attributes:
+        max_headers: header lines per message.
+        max_line_bytes: bytes per start or header line.
+        max_via: Via values per message.
+        max_branch_bytes: bytes of the top Via's branch.
+    """
+
+    max_headers: int = MAX_HEADERS
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_via: int = MAX_VIA
+    max_branch_bytes: int = MAX_BRANCH_BYTES
+
+
+DEFAULT_LIMITS: Final = Limits()
+
 _MANDATORY: Final = frozenset({b"via", b"from", b"to", b"call-id", b"cseq"})
+#: The order in which a 400's reason phrase names missing headers (RFC 3261 §8.1.1).
+_MANDATORY_ORDER: Final = (b"via", b"to", b"from", b"call-id", b"cseq")
 _CONTINUATION: Final = (b" ", b"\t")
 #: Bytes legal in a Request-URI on the start line: VCHAR without '<', '>' and '"'
 #: (RFC 3261 §25.1; RFC 4475 §3.1.2.7 and §3.1.2.8).
@@ -148,6 +210,7 @@ class Message:
         "_folded",
         "_from",
         "_keys",
+        "_limits",
         "_lines",
         "_parts",
         "_present",
@@ -166,6 +229,7 @@ class Message:
     _end: int
     _body_start: int
     _keys: list[bytes | None] | None
+    _limits: Limits
     _lines: list[bytes]
     _parts: list[tuple[bytes, bytes, bytes]]
     _present: set[bytes | None]
@@ -306,7 +370,19 @@ class Message:
             self._index()
             raw = self._raw_value(self._via)
             comma = find_unquoted(raw, b",")
-            via = parse_via(raw if comma < 0 else raw[:comma])
+            if comma < 0:
+                via = parse_via(raw)
+            else:
+                # A Via list on the first Via line: the count limit of _build_index.
+                limit = self._limits.max_via
+                if raw.count(b",") >= limit:
+                    _check_via_count(self, self._index(), limit, self._ERROR_STATUS)
+                via = parse_via(raw[:comma])
+            branch = via.branch
+            if branch is not None and len(branch) > self._limits.max_branch_bytes:
+                # Issue 13 limits: the branch keys our transaction tables (§17.2.3).
+                status = self._ERROR_STATUS and 513
+                raise ParseError(status, "Via branch over the limit", phrase=b"Branch Too Long")
             self._top_via = via
         return via
 
@@ -428,7 +504,7 @@ class Response(Message):
 # -- parser ----------------------------------------------------------------------------
 
 
-def parse(data: bytes) -> Request | Response:
+def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
     """Frame one datagram or one framed stream message (lazily: see :class:`Message`).
 
     Checks the start line, the end of the header block and Content-Length (RFC 3261
@@ -440,23 +516,26 @@ def parse(data: bytes) -> Request | Response:
 
     Args:
         data: the raw message bytes.
+        limits: the header count / line / Via / branch limits (:class:`Limits`),
+            checked when the header index is built (framing needs none of them).
 
     Returns:
         A :class:`Request` or :class:`Response` view over ``data``.
 
     Raises:
         ParseError: for anything malformed; ``status`` is what a proxy should answer with,
-            None for "drop" (responses, unanswerable garbage).  Nothing else escapes.
+            None for "drop" (responses, unanswerable garbage), 513/414 past a limit.
+            Nothing else escapes.
     """
     try:
-        return _parse(data)
+        return _parse(data, limits)
     except ParseError:
         raise
     except Exception as exc:  # pragma: no cover - safety net; the fuzzers keep it unused
         raise ParseError(None, f"internal parser error: {type(exc).__name__}") from None
 
 
-def _parse(data: bytes) -> Request | Response:
+def _parse(data: bytes, limits: Limits) -> Request | Response:
     if type(data) is not bytes:
         data = bytes(data)
     if data[:2] == b"\r\n":
@@ -491,6 +570,7 @@ def _parse(data: bytes) -> Request | Response:
         raise ParseError(status_for_error, "no header lines")
     msg._sl = sl
     msg._end = end
+    msg._limits = limits
     msg._keys = None
     msg._top_via = None
     msg._cseq = None
@@ -520,14 +600,33 @@ def _parse(data: bytes) -> Request | Response:
         if _CONTENT_LENGTH not in msg._present:
             return msg
         cl = msg._value(keys.index(_CONTENT_LENGTH) + 1)
-    if not cl.isdigit() or len(cl) > 10:
-        raise ParseError(status_for_error, "Content-Length not digits")
+    # RFC 3261 §20.14: 1*DIGIT, so "-1", "0x10", "" are 400.  Nothing above 2**32-1 is
+    # accepted either (Kamailio sanity's bound): a C stack downstream would wrap it.
+    if not cl.isdigit() or (len(cl) > 9 and (len(cl) > 10 or int(cl) > MAX_CSEQ)):
+        raise ParseError(status_for_error, "Content-Length not digits",
+                         phrase=b"Bad Content-Length")
     body_end = body_start + int(cl)
     ndata = len(data)
     if body_end > ndata:
-        raise ParseError(status_for_error, "Content-Length exceeds the datagram")
+        # RFC 3261 §18.3: a datagram ending before the body is an error; requests 400.
+        raise ParseError(status_for_error, "Content-Length exceeds the datagram",
+                         phrase=b"Truncated Body")
     msg.data = data if body_end == ndata else data[:body_end]
     return msg
+
+
+def _start_line_too_long(data: bytes, sl: int) -> None:
+    """Raise for a start line over ``Limits.max_line_bytes`` (see the limits comment).
+
+    Only the start line is looked at (it is over the limit already): 414 when it is the
+    Request-URI that is long (RFC 3261 §21.4.12), else 513; a response is dropped.
+    """
+    if data[:4] == b"SIP/":
+        raise ParseError(None, "status line over the line limit")
+    sp = data.find(b" ", 0, sl)
+    if 0 <= sp < sl // 2:
+        raise ParseError(414, "Request-URI over the line limit")
+    raise ParseError(513, "request line over the line limit", phrase=b"Request Line Too Long")
 
 
 def _classify_slow(
@@ -548,23 +647,68 @@ def _classify_slow(
         line = lines[i + 1]
         if line[:1] in _CONTINUATION:
             if i == 0:
-                raise ParseError(status, "continuation line before any header")
+                raise ParseError(status, "continuation line before any header",
+                                 phrase=b"Bad Header Line")
             folded = True
             continue
         c = line.find(b":")
         if c < 0:
-            raise ParseError(status, "header line without colon")
+            raise ParseError(status, "header line without colon", phrase=b"Bad Header Line")
         key = canonical_name(line[:c])
         if key is None:
-            raise ParseError(status, "malformed header name")
+            # Not a token (RFC 3261 §7.3.1, §25.1): empty, SP inside, CTL, NUL, DEL, 8-bit.
+            # The phrase never names it: the name is the peer's bytes.
+            raise ParseError(status, "malformed header name", phrase=b"Bad Header Name")
         keys[i] = key
+
+
+def _check_nul(head: bytes, status: int | None) -> None:
+    """Raise unless every NUL of the header block is a quoted-pair (RFC 3261 §25.1).
+
+    NUL is legal only as ``"\\" %x00`` inside a quoted string (RFC 4475 §3.1.1.3
+    ``intmeth``); anywhere else a C stack downstream ends the string there and sees a
+    different header (the NUL-truncation class of SIP CVEs).
+    """
+    i = head.find(b"\0")
+    while i >= 0:
+        if head[i - 1 : i] != b"\\":
+            raise ParseError(status, "NUL in header block", phrase=b"NUL In Header")
+        i = head.find(b"\0", i + 1)
+
+
+def _check_via_count(
+    msg: Message, keys: list[bytes | None], max_via: int, status: int | None
+) -> None:
+    """Raise 513 when ``msg`` has more than ``max_via`` Via values (exact count).
+
+    Runs while the index is being built (``keys`` is not stored yet), and stops at the
+    Via line that takes the count over the limit.
+    """
+    count = 0
+    for n, key in enumerate(keys, 1):
+        if key != _VIA:
+            continue
+        value = msg._value(n)
+        if b"," in value:
+            try:
+                count += len(split_values(value))
+            except ParseError:  # unterminated quote: every comma may separate values
+                count += value.count(b",") + 1
+        else:
+            count += 1
+        if count > max_via:
+            raise ParseError(status and 513, "more Via values than the limit",
+                             phrase=b"Too Many Via")
 
 
 def _check_singletons(keys: list[bytes | None], status: int | None) -> None:
     """Raise when a header that MUST appear at most once repeats (RFC 4475 §3.3.8-9)."""
     for key in SINGLETON_HEADERS:
         if keys.count(key) > 1:
-            raise ParseError(status, f"duplicate {key.decode()} header")
+            # Two Content-Length are refused even when equal (RFC 3261 §20.14 has one;
+            # a downstream that reads the other one would frame a different message).
+            raise ParseError(status, f"duplicate {key.decode()} header",
+                             phrase=b"Duplicate " + PRETTY_NAMES[key])
 
 
 def _build_index(msg: Message) -> list[bytes | None]:
@@ -585,14 +729,32 @@ def _build_index(msg: Message) -> list[bytes | None]:
     # forwarding paths must never take a message that failed here.
     msg._keys = _NO_INDEX
     status = msg._ERROR_STATUS
+    limits = msg._limits
     head = msg.data[: msg._end]
-    lines = head.split(b"\r\n")
+    # Limits first, and the split itself stops at the limit: with maxsplit the C-level
+    # split never looks past the (max_headers + 1)-th CRLF, so a header flood costs the
+    # limit, not its size.  The start line was checked by parse().
+    max_headers = limits.max_headers
+    lines = head.split(b"\r\n", max_headers + 1)
     nheaders = len(lines) - 1
+    if nheaders > max_headers:
+        raise ParseError(status and 513, "more header lines than the limit",
+                         phrase=b"Too Many Headers")
+    max_line = limits.max_line_bytes
+    if msg._end > max_line and max(map(len, lines)) > max_line:
+        # Only a header block longer than one line's limit can hold a long line: the
+        # usual message pays one comparison.
+        if len(lines[0]) > max_line:
+            _start_line_too_long(msg.data, msg._sl)
+        raise ParseError(status and 513, "header line over the line limit",
+                         phrase=b"Header Too Long")
     # A bare LF inside the header block would let a lenient downstream parser (many
     # accept LF line ends) see a different message (header injection): reject.  A bare
     # CR is caught by the value parsers of the headers we interpret.
     if head.count(b"\n") != nheaders:
-        raise ParseError(status, "bare LF in header block")
+        raise ParseError(status, "bare LF in header block", phrase=b"Bad Line Ending")
+    if head.find(b"\0") >= 0:  # memchr; ``in`` takes a slower path for bytes
+        _check_nul(head, status)
     parts = list(map(_partition, islice(lines, 1, None), repeat(b":")))
     keys: list[bytes | None] = list(map(_CANON_GET, map(_NAME, parts)))
     present = set(keys)
@@ -603,19 +765,31 @@ def _build_index(msg: Message) -> list[bytes | None]:
         present.discard(None)
         # Continuation lines are None: count only real header lines below.
         nheaders -= keys.count(None)
-    if len(present) != nheaders and nheaders - len(present) != keys.count(_VIA) - 1:
+    repeats = nheaders - len(present)
+    if repeats and repeats != keys.count(_VIA) - 1:
         # Some name other than Via repeats (several Via lines are the common case of a
         # response): it must not be a singleton (RFC 4475 §3.3.8, §3.3.9).
         _check_singletons(keys, status)
     if not present >= _MANDATORY:
-        # RFC 3261 §8.1.1: To, From, CSeq, Call-ID, Via are mandatory (RFC 4475 §3.3.1).
-        missing = ", ".join(sorted(k.decode() for k in _MANDATORY if k not in present))
-        raise ParseError(status, f"missing mandatory header(s): {missing}")
+        # RFC 3261 §8.1.1: To, From, CSeq, Call-ID, Via are mandatory (RFC 4475 §3.3.1);
+        # Max-Forwards is not required here: a proxy adds it (§16.6 step 3).  The phrase
+        # names what is missing (§21.4.1), e.g. "Missing Call-ID".
+        names = [PRETTY_NAMES[k] for k in _MANDATORY_ORDER if k not in present]
+        missing = b", ".join(names)
+        raise ParseError(status, f"missing mandatory header(s): {missing.decode()}",
+                         phrase=b"Missing " + missing)
     msg._lines = lines
     msg._parts = parts
     msg._present = present
     msg._folded = folded
     msg._via = keys.index(_VIA) + 1
+    # Via values (issue 13 limits).  A request usually repeats no header name, so it has
+    # one Via line, whose comma list :attr:`Message.top_via` checks (it looks for the
+    # comma anyway).  Several Via lines: every Via value but the last of a line ends at a
+    # comma, so Via lines + commas in the header block bound the count from above (two C
+    # calls); only a block over that bound is counted exactly.
+    if repeats and keys.count(_VIA) + head.count(b",", len(lines[0])) > limits.max_via:
+        _check_via_count(msg, keys, limits.max_via, status)
 
     # CSeq (RFC 3261 §8.1.1.5): number <= 2**32-1 and a method token; the CSeq value
     # itself is built on first use.
@@ -632,7 +806,7 @@ def _build_index(msg: Message) -> list[bytes | None]:
         try:
             parse_cseq(cseq_raw)
         except ParseError as exc:
-            raise ParseError(status, exc.reason) from None
+            raise ParseError(status, exc.reason, phrase=b"Bad CSeq") from None
         # parse_cseq accepts what the fast check refused only via leading zeros.
         cparts = cseq_raw.split()
     msg._cseq_raw = cparts
@@ -641,11 +815,12 @@ def _build_index(msg: Message) -> list[bytes | None]:
         if cparts[1] != msg.method:
             # RFC 4475 §3.1.2.17 (400) / §3.1.2.18 (501 preferred for an unknown method).
             code = 400 if msg.method in KNOWN_METHODS else 501
-            raise ParseError(code, "CSeq method does not match the request method")
+            raise ParseError(code, "CSeq method does not match the request method",
+                             phrase=b"CSeq Method Mismatch")
         if _MAX_FORWARDS in present:
             mf = msg._value(keys.index(_MAX_FORWARDS) + 1)
             if not mf.isdigit():
-                raise ParseError(400, "Max-Forwards not digits")
+                raise ParseError(400, "Max-Forwards not digits", phrase=b"Bad Max-Forwards")
             # RFC 4475 §3.1.2.4: an absurdly large value is just "many"; avoid huge ints.
             msg._max_forwards = int(mf) if len(mf) <= 9 else 999_999_999
         else:
@@ -1211,20 +1386,30 @@ def build_ack(invite: Request, resp: Response) -> bytes:
 
 
 def answer_parse_error(
-    data: bytes, error: ParseError, *, to_tag: bytes | None = None
+    data: bytes,
+    error: ParseError,
+    *,
+    to_tag: bytes | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> bytes | None:
     """Best-effort stateless answer to a request that failed to parse (RFC 3261 §16.3).
 
-    Scans the raw lines leniently for Via/From/To/Call-ID/CSeq and copies them.
+    Scans the raw lines leniently for Via/From/To/Call-ID/CSeq and copies the ones it
+    finds (§8.2.6.2).  Only the Via is required: it is what the answer is routed and
+    matched by (§18.2.2, §17.1.3), so a request missing From, To, Call-ID or CSeq still
+    gets its 400 naming what is missing.  The scan is bounded like the parser's (at most
+    ``limits.max_headers`` lines; a line over ``limits.max_line_bytes``, or holding a CR,
+    LF or NUL, is not copied), and the reason phrase is ``error.phrase``, never peer bytes.
 
     Args:
         data: the datagram that raised ``error``.
-        error: the parse error (its status and extra headers are used).
+        error: the parse error (its status, phrase and extra headers are used).
         to_tag: a To tag to add when the To has none.
+        limits: the parser limits the scan respects.
 
     Returns:
         The response bytes, or None when the error says drop, the datagram is a response,
-        or the headers needed to address an answer cannot be found.
+        or there is no parsable top Via to answer to.
     """
     if error.status is None:
         return None
@@ -1235,26 +1420,33 @@ def answer_parse_error(
         end = data.find(b"\r\n\r\n")
         head = data if end < 0 else data[:end]
         found: dict[bytes, list[bytes]] = {}
-        for line in head.split(b"\r\n")[1:]:
+        max_line = limits.max_line_bytes
+        lines = head.split(b"\r\n", limits.max_headers + 1)[1 : limits.max_headers + 1]
+        for line in lines:
             c = line.find(b":")
-            if c <= 0:
+            if c <= 0 or len(line) > max_line:
                 continue
             key = canonical_name(line[:c])
             if key in _MANDATORY and key is not None:
-                if b"\n" in line or b"\r" in line:
-                    return None
+                if b"\n" in line or b"\r" in line or b"\0" in line:
+                    continue  # never copy what could split or end a line downstream
                 found.setdefault(key, []).append(line)
-        if not found.keys() >= _MANDATORY:
+        vias = found.get(b"via")
+        if not vias:
             return None
-        lines = [status_line(error.status)]
-        lines += found[b"via"]
-        lines.append(found[b"from"][0])
-        to_line = found[b"to"][0]
-        if to_tag is not None and b"tag=" not in to_line.lower():
-            to_line += b";tag=" + to_tag
-        lines.append(to_line)
-        lines.append(found[b"call-id"][0])
-        lines.append(found[b"cseq"][0])
-        return _finish(lines, error.extra_headers, b"")
+        top = vias[0].partition(b":")[2]
+        comma = find_unquoted(top, b",")
+        parse_via(top if comma < 0 else top[:comma])  # raises: nothing to answer to
+        out = [status_line(error.status, error.phrase)]
+        out += vias
+        for key in (b"from", b"to", b"call-id", b"cseq"):
+            values = found.get(key)
+            if values is None:
+                continue
+            line = values[0]
+            if key == b"to" and to_tag is not None and b"tag=" not in line.lower():
+                line += b";tag=" + to_tag
+            out.append(line)
+        return _finish(out, error.extra_headers, b"")
     except ParseError:
         return None

@@ -8,8 +8,7 @@ runs the long versions. What is asserted exactly is what must never vary (nothin
 to a stranger, nothing forwarded from it, nothing reflected); rates and memory get bounds.
 
 Where sipedge's answer is not the RFC's today, the case is ``xfail(strict=True)`` with
-today's behaviour in the reason, so it flips when the fix lands (issue 13's malformed-class
-work on another branch).
+today's behaviour in the reason, so it flips when a fix lands.
 """
 
 from __future__ import annotations
@@ -497,14 +496,10 @@ CASES: list[Case] = [
     # §8.1.1 / RFC 4475 §3.1.2.18 (insuf): mandatory header missing → 400.
     ("missing-call-id",
      lambda t, p, c: request(transport=t, port=p, call_id=c, drop=(b"Call-ID",)),
-     _status(400),
-     "today: dropped unanswered (sipedge_messages_dropped_total{reason=\"unanswerable\"}, "
-     "log 'missing mandatory header(s): call-id'); 400 naming it is coming"),
+     _status(400), None),
     ("missing-from",
      lambda t, p, c: request(transport=t, port=p, call_id=c, drop=(b"From",)),
-     _status(400),
-     "today: dropped unanswered (reason=\"unanswerable\", 'missing mandatory header(s): "
-     "from'); 400 naming it is coming"),
+     _status(400), None),
     # §25.1: a header name is a token.
     ("control-char-in-header-name",
      lambda t, p, c: request(transport=t, port=p, call_id=c, extra=(b"X-Bad\x01Name: 1",)),
@@ -512,24 +507,21 @@ CASES: list[Case] = [
     # NUL in a value: C stacks end the string there (a smuggling vector downstream).
     ("nul-in-header",
      lambda t, p, c: request(transport=t, port=p, call_id=c, extra=(b"Subject: a\x00b",)),
-     _status(400),
-     "today: forwarded to the gateway unchanged (NUL and all) and its 200 relayed"),
+     _status(400), None),
     # §25.1 callid = word ["@" word]: a header the proxy keys transactions and logs on
     # (§16.3 step 1: what the proxy uses MUST be well-formed).
     ("nul-in-call-id",
      lambda t, p, c: request("INVITE", transport=t, port=p, call_id=c + b"\x00x"),
-     _status(400), "today: forwarded to every gateway in turn (SIPp chokes on it: no "
-     "provisional, failover, 408 after 6 s)"),
+     _status(400), None),
     ("escape-in-call-id",
      lambda t, p, c: request("INVITE", transport=t, port=p, call_id=c + b"\x1b[2J"),
      _status(400), "today: forwarded to the gateway and its 200 relayed"),
     # §21.5.14: beyond what the proxy handles, 513 (sipedge caps the Via count).
-    ("200-via-headers", _vias, _status(513),
-     "today: forwarded with all 200 Via (+ sipedge's) and the gateway's 200 relayed"),
+    ("200-via-headers", _vias, _status(513), None),
     ("10KiB-branch",
      lambda t, p, c: request(transport=t, port=p, call_id=c,
                              branch=b"z9hG4bK" + b"b" * 10240),
-     _status(513), "today: forwarded with the 10 KiB branch, the gateway's 200 relayed"),
+     _status(513), None),
     # §16.3 step 3: Max-Forwards 0 on a request not for us → 483.
     ("max-forwards-0",
      lambda t, p, c: request("INVITE", transport=t, port=p, call_id=c, max_forwards=b"0"),

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from sipedge.sip import (
     ForwardPlan,
+    Limits,
     ParseError,
     ProtocolViolation,
     Request,
@@ -320,3 +321,26 @@ def test_failed_index_never_takes_the_raw_path(case) -> None:  # type: ignore[no
     except ParseError:
         with pytest.raises(ParseError):
             forward_request(msg, ForwardPlan(via=OUR_VIA))
+
+
+TINY = st.builds(
+    Limits,
+    max_headers=st.integers(0, 8),
+    max_line_bytes=st.integers(0, 64),
+    max_via=st.integers(0, 4),
+    max_branch_bytes=st.integers(0, 16),
+)
+
+
+@FAST
+@given(SIPISH, TINY)
+def test_garbage_under_tiny_limits_parse_or_parse_error(data: bytes, limits: Limits) -> None:
+    # Issue 13 limits: whatever the limits, the invariant holds -- message or ParseError --
+    # and a request's limit error is answerable (513/414) while a response's is a drop.
+    try:
+        msg = parse(data, limits)
+        msg.top_via  # noqa: B018 - index + top Via: where the limits are checked
+    except ParseError as exc:
+        assert not exc.reason.startswith("internal"), exc.reason
+        if exc.status in (513, 414):
+            assert not data.lstrip(b"\r\n").startswith(b"SIP/")

@@ -727,8 +727,19 @@ def test_malformed_request_from_stranger_dropped_silently(h: ProxyHarness) -> No
     assert h.core.stats.unknown_source_dropped == 1
 
 
-def test_request_without_mandatory_headers_dropped(h: ProxyHarness) -> None:
+def test_request_without_mandatory_headers_answered_400_naming_them(h: ProxyHarness) -> None:
+    # Issue 13: a Via is enough to answer (it was dropped before); tests/proxy/test_malformed.py
+    # has every header removed in turn.
     data = b"INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK-x\r\n\r\n"
+    out = h.feed(data, PBX)
+    assert [(s.dest, first_line(s.data)) for s in out] == [
+        (PBX, b"SIP/2.0 400 Missing To, From, Call-ID, CSeq")]
+    assert h.core.stats.parse_errors == 1
+
+
+def test_request_without_any_via_dropped(h: ProxyHarness) -> None:
+    data = (b"INVITE sip:x@127.0.0.1 SIP/2.0\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\n"
+            b"Call-ID: nv\r\nCSeq: 1 INVITE\r\n\r\n")
     assert h.feed(data, PBX) == []
     assert h.core.stats.parse_errors == 1
 
