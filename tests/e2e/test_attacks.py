@@ -460,6 +460,10 @@ def _status(code: int) -> Callable[[Outcome, str], None]:
     return check
 
 
+def _dropped(o: Outcome, t: str) -> None:
+    assert o.statuses == [] and not o.forwarded, o
+
+
 def _udp_400_tcp_closed(*tcp_answers: int) -> Callable[[Outcome, str], None]:
     """UDP: 400 (RFC 3261 §18.3); TCP: framing is lost, the connection is closed (after
     one of ``tcp_answers`` at most)."""
@@ -518,10 +522,16 @@ CASES: list[Case] = [
      _status(400), "today: forwarded to the gateway and its 200 relayed"),
     # §21.5.14: beyond what the proxy handles, 513 (sipedge caps the Via count).
     ("200-via-headers", _vias, _status(513), None),
+    ("1KiB-branch",
+     lambda t, p, c: request(transport=t, port=p, call_id=c,
+                             branch=b"z9hG4bK" + b"b" * 1024),
+     _status(513), None),
+    # A 10 KiB branch makes the top Via line longer than [limits] max_header_line_bytes:
+    # the only Via is unusable, so no answer can be routed (§18.2.2): dropped, counted.
     ("10KiB-branch",
      lambda t, p, c: request(transport=t, port=p, call_id=c,
                              branch=b"z9hG4bK" + b"b" * 10240),
-     _status(513), None),
+     _dropped, None),
     # §16.3 step 3: Max-Forwards 0 on a request not for us → 483.
     ("max-forwards-0",
      lambda t, p, c: request("INVITE", transport=t, port=p, call_id=c, max_forwards=b"0"),
