@@ -202,8 +202,10 @@ def _response_dest(req: Request, peer: Endpoint) -> Endpoint:
         via = req.top_via
     except SipError:
         return peer
-    if via.rport is not None or via.port is None or via.port == peer.port:
+    if via.rport is not None or not via.port or via.port == peer.port:
         # The same address as the source: reuse its Endpoint (no allocation per response).
+        # A sent-by port 0 (the Via grammar admits it) names no socket: answer where the
+        # request came from, as RFC 3581 does for rport, never to port 0.
         return peer
     return Endpoint(peer.transport, peer.host, via.port)
 
@@ -1011,8 +1013,10 @@ class ProxyCore:
         host_b = via.received or via.host
         host = host_b.decode("ascii", "replace").strip("[]")
         port = via.port or (5061 if transport == "tls" else 5060)
-        if via.rport and via.rport.isdigit() and len(via.rport) <= 5:
-            port = int(via.rport)
+        rport = via.rport
+        if rport and rport.isdigit() and len(rport) <= 5 and 0 < int(rport) < 65536:
+            # RFC 3581 §4: rport is a port; 0 or 99999 (five digits) is no destination.
+            port = int(rport)
         return Endpoint(transport if transport in ("udp", "tcp", "tls") else "udp", host, port)
 
     def _on_branch_response(self, branch: _Branch, resp: Response, now: float) -> None:

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import pytest
 
+from sipedge.sip.address import Endpoint
 from sipedge.sip.headers import parse_cseq
 from sipedge.sip.message import parse
 from tests.helpers.wire import (
+    CALLEE,
     PBX,
     STRANGER,
+    VIRGINIA,
     ProxyHarness,
+    calls,
+    responses,
     status_of,
 )
 
@@ -72,3 +77,99 @@ def test_response_with_5000_digit_cseq_from_stranger_dropped_not_raised(
         h: ProxyHarness) -> None:
     assert h.feed(RESPONSE_LONG_CSEQ, STRANGER) == []
     assert h.core.stats.stray_responses == 1
+
+
+# ---------------------------------------------------------------------------- 2. port 0
+# The Via grammar admits port 0 (split_host_port: 0..65535); a response went to the
+# sent-by port 0. RFC 3261 §18.2.2 answers to the sent-by port, but port 0 names no
+# socket: the answer goes where the request came from (as RFC 3581 rport does).
+
+INVITE_VIA_PORT_0 = (
+    b"INVITE sip:+14155550100@127.0.0.1:5080 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:0;branch=z9hG4bK-fz0\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"From: <sip:caller@127.0.0.1>;tag=fz0\r\n"
+    b"To: <sip:+14155550100@127.0.0.1:5080>\r\n"
+    b"Call-ID: fz-call-0@fuzz\r\n"
+    b"CSeq: 1 INVITE\r\n"
+    b"Contact: <sip:caller@127.0.0.1:5060>\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def test_response_to_via_port_0_goes_to_source_port(h: ProxyHarness) -> None:
+    out = h.feed(INVITE_VIA_PORT_0, PBX)
+    assert [(s.dest, status_of(s)) for s in responses(out)] == [(PBX, 100)]
+
+
+# ---------------------------------------------------------------------------- 3. next hop
+# An in-dialog request or 2xx ACK from a trusted peer whose Route / Request-URI named
+# port 0, 0.0.0.0 (this very host), a multicast or the broadcast address was sent there.
+
+def _in_dialog(method: bytes, ruri: bytes, route: bytes | None) -> bytes:
+    lines = [method + b" " + ruri + b" SIP/2.0",
+             b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-fz%s" % method.lower(),
+             b"Max-Forwards: 70"]
+    if route is not None:
+        lines.append(b"Route: " + route)
+    lines += [b"From: <sip:caller@127.0.0.1>;tag=fz0",
+              b"To: <sip:+14155550100@127.0.0.1:5080>;tag=tt1",
+              b"Call-ID: fz-call-0@fuzz",
+              b"CSeq: %d %s" % (1 if method == b"ACK" else 2, method),
+              b"Content-Length: 0"]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+#: Exact bytes the harness found (Route, then the Request-URI variants).
+BYE_ROUTE_PORT_0 = _in_dialog(b"BYE", b"sip:+14155550100@127.0.0.1:5080",
+                              b"<sip:127.0.0.10:0;lr>")
+
+UNROUTABLE = [b"sip:bob@127.0.0.10:0", b"sip:bob@0.0.0.0:5060", b"sip:bob@224.0.0.1",
+              b"sip:bob@255.255.255.255", b"sip:bob@[::]:5060", b"sip:bob@[ff02::1]"]
+
+
+def test_in_dialog_route_to_port_0_answered_404(h: ProxyHarness) -> None:
+    out = h.feed(BYE_ROUTE_PORT_0, PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 404)]
+
+
+@pytest.mark.parametrize("ruri", UNROUTABLE)
+def test_in_dialog_request_to_unsendable_address_answered_404(
+        h: ProxyHarness, ruri: bytes) -> None:
+    out = h.feed(_in_dialog(b"BYE", ruri, None), PBX)
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 404)]
+
+
+@pytest.mark.parametrize("ruri", UNROUTABLE)
+def test_ack_to_unsendable_address_dropped(h: ProxyHarness, ruri: bytes) -> None:
+    assert h.feed(_in_dialog(b"ACK", ruri, None), PBX) == []
+
+
+def test_in_dialog_request_to_callee_still_routed(h: ProxyHarness) -> None:
+    """The control: the same request toward a real unicast hop goes out."""
+    out = h.feed(_in_dialog(b"BYE", b"sip:bob@127.0.0.10:5060", None), PBX)
+    assert [s.dest for s in calls(out, b"BYE")] == [CALLEE]
+
+
+# ---------------------------------------------------------------------------- 4. stray rport
+# A stray 2xx is relayed to its second Via (RFC 3261 §16.7 step 5 / §18.2.2); rport=0 or
+# a five-digit rport above 65535 became the destination port.
+
+def _stray_2xx(upstream_params: bytes) -> bytes:
+    return (b"SIP/2.0 200 OK\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.3:5060;branch=z9hG4bK-sestray\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx" + upstream_params + b"\r\n"
+            b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: stray\r\n"
+            b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("params", [b";rport=0", b";rport=99999", b";rport=00000"])
+def test_stray_2xx_with_impossible_rport_relayed_to_sent_by_port(
+        h: ProxyHarness, params: bytes) -> None:
+    out = h.feed(_stray_2xx(params), VIRGINIA[0])
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX, 200)]
+
+
+def test_stray_2xx_with_rport_relayed_to_it(h: ProxyHarness) -> None:
+    out = h.feed(_stray_2xx(b";rport=5072"), VIRGINIA[0])
+    assert [s.dest for s in out] == [Endpoint("udp", "127.0.0.1", 5072)]
