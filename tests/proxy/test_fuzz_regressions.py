@@ -35,7 +35,9 @@ def h() -> ProxyHarness:
 # ---------------------------------------------------------------------------- 1. CSeq int()
 # A CSeq number with more than 4300 digits of leading zeros (legal: RFC 4475 §3.1.1.1
 # allows leading zeros) made CPython's int() raise ValueError (int_max_str_digits) out of
-# the header index. Found with the fuzz harness's long-run mutation (mut=10, ins=b"0").
+# the header index. Found probing long runs through the harness: its long-run mutation
+# (mut=10, ins=b"0" repeated 5120 times in front of the CSeq number of its templated
+# OPTIONS) reproduces it; its 48-byte splices alone could never reach 4300 digits.
 
 LONG_CSEQ = b"0" * 5000 + b"1"
 
