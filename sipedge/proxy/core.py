@@ -962,6 +962,13 @@ class ProxyCore:
             self.stats.stray_responses += 1
             self._drop(peer, DropReason.UNEXPECTED_RESPONDER)
             return
+        if not branch.is_cancel and resp.via_count < 2:
+            # RFC 3261 §16.7 step 3: with our Via popped no Via would remain, so the
+            # response is not for the caller and MUST NOT be forwarded (it would leave
+            # with no Via at all). A broken hop's answer: as if none came (the timers
+            # and failover carry on). Our own CANCEL's answer has only our Via by design.
+            self._drop(peer, DropReason.UNPARSEABLE, "no Via left for the caller")
+            return
         ack = None
         if branch.tx.is_invite and resp.status >= 300:
             parsed = parse(branch.request)

@@ -20,6 +20,7 @@ from tests.helpers.wire import (
     VIRGINIA,
     ProxyHarness,
     calls,
+    header,
     responses,
     status_of,
 )
@@ -175,3 +176,45 @@ def test_stray_2xx_with_impossible_rport_relayed_to_sent_by_port(
 def test_stray_2xx_with_rport_relayed_to_it(h: ProxyHarness) -> None:
     out = h.feed(_stray_2xx(b";rport=5072"), VIRGINIA[0])
     assert [s.dest for s in out] == [Endpoint("udp", "127.0.0.1", 5072)]
+
+
+# ---------------------------------------------------------------------------- 5. no Via left
+# A gateway's response that carries only our Via (its copy of the caller's Via lost) was
+# forwarded upstream with no Via at all. RFC 3261 §16.7 step 3: when no Via remains after
+# ours is removed, the response MUST NOT be forwarded. Found by a directed run of the
+# fuzz_core World (an answer whose caller Via line is replaced: its mut=6); the harness's
+# invariant flagged it (what sipedge sends must index again; a response without Via does
+# not).
+
+INVITE_FROM_PBX = (
+    b"INVITE sip:+14155550100@127.0.0.1:5080 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-fz0\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"From: <sip:caller@127.0.0.1>;tag=fz0\r\n"
+    b"To: <sip:+14155550100@127.0.0.1:5080>\r\n"
+    b"Call-ID: fz-call-0@fuzz\r\n"
+    b"CSeq: 1 INVITE\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def _only_our_via(forwarded: bytes, status: int) -> bytes:
+    """The gateway's answer with exactly one Via: ours (its branch from ``forwarded``)."""
+    our_via = header(forwarded, b"Via")
+    assert our_via is not None
+    return (b"SIP/2.0 %d Fuzz\r\nVia: %s\r\n" % (status, our_via)
+            + b"From: <sip:caller@127.0.0.1>;tag=fz0\r\n"
+              b"To: <sip:+14155550100@127.0.0.1:5080>;tag=gw\r\n"
+              b"Call-ID: fz-call-0@fuzz\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("status", [180, 200, 486])
+def test_response_with_only_our_via_not_forwarded(h: ProxyHarness, status: int) -> None:
+    fwd = calls(h.feed(INVITE_FROM_PBX, PBX))[0]
+    out = h.feed(_only_our_via(fwd.data, status), fwd.dest)
+    assert out == []
+    # As if no answer came: retransmissions (Timer A), then the failover once the
+    # no-provisional timer runs out.
+    later = [s.dest for s in calls(h.advance(5))]
+    assert later[0] == VIRGINIA[0] and VIRGINIA[1] in later
+    assert [status_of(s) for s in responses(h.sent)] == [100]  # only our 100 Trying
