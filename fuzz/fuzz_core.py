@@ -16,7 +16,9 @@ topology with UDP and TCP listeners on both sides (the builder mirrors
                CANCEL races, Timer C, probe replies;
 * ``follow``   a caller's follow-up to a request it sent earlier: CANCEL, ACK (same
                branch, or for a 2xx with the route set), BYE, re-INVITE;
-* ``again``    a retransmission of a message delivered earlier.
+* ``again``    a retransmission of a message delivered earlier;
+* ``admin``    drain mode on/off, a gateway drained/enabled, the pool reloaded without
+               one gateway or with all of them (the daemon's DNS refresh and reload).
 
 The message of every delivering op may be *mutated*: bytes spliced in, a header line
 replaced or repeated, the message cut short, one byte changed. Most inputs therefore
@@ -159,6 +161,19 @@ TRUSTED_HOSTS = frozenset(p.endpoint.host for p in PEERS if p.trusted)
 ERROR_TARGETS = (*GATEWAYS, CALLEE)
 
 
+def build_pool(exclude: int | None = None) -> GatewayPool:
+    """The two edges' gateways (``exclude``: the index in GATEWAYS of one to leave out)."""
+    groups = [
+        [Gateway.make("ashburn-ix", "Virginia", ep, EDGE_HOST["ashburn-ix"])
+         for ep in VIRGINIA if exclude is None or ep != GATEWAYS[exclude]],
+        [Gateway.make("san-jose-ix", "Oregon", ep, EDGE_HOST["san-jose-ix"])
+         for ep in OREGON if exclude is None or ep != GATEWAYS[exclude]],
+    ]
+    # One success brings a gateway up, two failures take it down: health flaps within the
+    # few ops of an input.
+    return GatewayPool(groups, HealthPolicy(down_after=2, up_after=1), now=1000.0)
+
+
 def build_core() -> ProxyCore:
     """A core for the fuzz topology, built the way ``tests/helpers/wire.py`` builds one."""
     config = Config(
@@ -169,13 +184,7 @@ def build_core() -> ProxyCore:
         edges=(),
     )
     settings = build_settings(config)  # every other value is the config's default
-    groups = [
-        [Gateway.make("ashburn-ix", "Virginia", ep, EDGE_HOST["ashburn-ix"]) for ep in VIRGINIA],
-        [Gateway.make("san-jose-ix", "Oregon", ep, EDGE_HOST["san-jose-ix"]) for ep in OREGON],
-    ]
-    # One success brings a gateway up, two failures take it down: health flaps within the
-    # few ops of an input.
-    pool = GatewayPool(groups, HealthPolicy(down_after=2, up_after=1), now=1000.0)
+    pool = build_pool()
     schedule = ProbeSchedule(rng=random.Random(7), interval_up_s=60.0, interval_down_s=20.0,
                              jitter=0.0)
     return ProxyCore(settings, pool, schedule, instance=b"fuzz")
@@ -279,10 +288,11 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
                *MUTATION),
     "follow": (("pick", 0, 7), ("kind", 0, 4), *MUTATION),
     "again": (("pick", 0, 7),),
+    "admin": (("what", 0, 5), ("target", 0, len(GATEWAYS) - 1)),
 }
 #: Op kinds by number; ``answer`` twice so that deep states come about more often.
 KINDS = ("request", "corpus", "raw", "advance", "error", "answer", "follow", "again",
-         "answer", "request", "advance", "corpus")
+         "answer", "request", "advance", "corpus", "admin")
 
 
 @dataclass(frozen=True)
@@ -562,6 +572,8 @@ class World:
             self._answer(a)
         elif o.kind == "follow":
             peer = self._follow(a)
+        elif o.kind == "admin":
+            self._admin(_i(a, "what"), _i(a, "target"))
         elif o.kind == "again" and self.delivered:
             peer, local, data = self.delivered[_i(a, "pick") % len(self.delivered)]
             self._deliver(peer, local, data, remember=False)
@@ -644,6 +656,25 @@ class World:
             headers.append((b"Content-Type", b"text/plain"))
             body = b"hello"
         return _build(method + b" " + uri + b" SIP/2.0", headers, body)
+
+    def _admin(self, what: int, target: int) -> None:
+        """The shell's other inputs: drain mode, admin down/up, a pool reload (DNS)."""
+        core, now = self.core, self.now
+        gw_id = next((g.id for g in core.pool.gateways() if g.endpoint == GATEWAYS[target]),
+                     None)
+        if what == 0:
+            self._timed(lambda: core.set_draining(True))
+        elif what == 1:
+            self._timed(lambda: core.set_draining(False))
+        elif what in (2, 3) and gw_id is not None:
+            fn = core.drain_gateway if what == 2 else core.enable_gateway
+            self._timed(lambda: fn(gw_id, now))
+        elif what == 4:  # a reload that drops one gateway (its calls in flight go on)
+            pool = build_pool(exclude=target)
+            self._timed(lambda: core.reload_pool(pool, now))
+        elif what == 5:  # and one that brings every gateway back
+            pool = build_pool()
+            self._timed(lambda: core.reload_pool(pool, now))
 
     def _answer(self, a: dict[str, int | bytes]) -> None:
         pool = self.sent_calls if _i(a, "calls") else self.sent_requests
