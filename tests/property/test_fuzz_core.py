@@ -63,3 +63,34 @@ def test_fuzz_core_fallback_fixed_seed() -> None:
     assert totals.crashes == 0
     assert totals.inputs == CI_INPUTS
     assert totals.ops > 5 * CI_INPUTS
+
+
+def _crashers() -> dict[str, list[fuzz_core.Op]]:
+    """The harness inputs that broke an invariant before the fixes (see
+    tests/proxy/test_fuzz_regressions.py for the datagrams themselves)."""
+    op, world = fuzz_core.op, fuzz_core.World()
+    opts = world._template(fuzz_core.PEERS[0], {"method": 4})
+    invite = world._template(fuzz_core.PEERS[0], {"method": 0})
+    bye = world._template(fuzz_core.PEERS[0], {"method": 2, "to_tag": 1, "route": 3})
+    ringing = fuzz_core.STATUSES.index(180)
+    return {
+        # ValueError out of receive(): 5120 zeros in front of the CSeq number.
+        "cseq_zeros": [op("request", method=4, mut=10, at=opts.index(b"CSeq: ") + 6, cut=19,
+                          ins=b"0")],
+        # 100 Trying sent to port 0: Via sent-by 127.0.0.1:0.
+        "via_port_0": [op("request", method=0, mut=5, at=invite.index(b"5060;branch"), cut=4,
+                          ins=b"0")],
+        # BYE relayed to port 0: Route <sip:127.0.0.10:0;lr>.
+        "route_port_0": [op("request", method=2, to_tag=1, route=3, mut=5,
+                            at=bye.index(b"5060;lr"), cut=4, ins=b"0")],
+        # 180 relayed with no Via: the caller's Via line (line 4) of the answer replaced.
+        "only_our_via": [op("request", method=0),
+                         op("answer", calls=1, status=ringing, mut=6, at=4, ins=b"X-Gone: 1")],
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_crashers()))
+def test_former_crasher_inputs_hold_the_invariants(name: str) -> None:
+    ops = _crashers()[name]
+    data = fuzz_core.encode(63, ops)
+    fuzz_core.run_input(data)  # the encoded input, exactly as atheris would run it
