@@ -962,7 +962,7 @@ class ProxyCore:
             self.stats.stray_responses += 1
             self._drop(peer, DropReason.UNEXPECTED_RESPONDER)
             return
-        if not branch.is_cancel and resp.via_count < 2:
+        if not branch.is_cancel and not resp.has_next_via:
             # RFC 3261 §16.7 step 3: with our Via popped no Via would remain, so the
             # response is not for the caller and MUST NOT be forwarded (it would leave
             # with no Via at all). A broken hop's answer: as if none came (the timers

@@ -320,6 +320,25 @@ class Message:
         return len(self.header_values(b"via"))
 
     @property
+    def has_next_via(self) -> bool:
+        """True when a Via value follows the top one (RFC 3261 §16.7 step 3).
+
+        The cheap form of ``via_count > 1`` for every relayed response: a second Via line
+        answers at once; only a lone line with a comma is split.
+
+        Raises:
+            ParseError: the header block is invalid.
+        """
+        keys = self._index()
+        if keys.count(_VIA) > 1:
+            return True
+        n = self._first_line(_VIA)
+        if n is None:
+            return False
+        value = self._value(n)
+        return b"," in value and len(split_values(value)) > 1
+
+    @property
     def from_(self) -> NameAddr:
         """The From value (RFC 3261 §20.20), parsed on first use and cached.
 
