@@ -291,6 +291,16 @@ class ProxyCore:
         try:
             if isinstance(msg, Response):
                 self.stats.responses_received += 1
+                if (self._direction(peer.host) is Direction.UNKNOWN
+                        and not self._awaits_response_from(peer.host)):
+                    # Neither a party nor a hop we sent to: _on_response would drop it
+                    # anyway (branch, probe and stray checks all need one of the two), so
+                    # drop it before the header index is built. A stranger's 60 KB
+                    # response cost 4-8 ms of CPU against 0.1 ms for its request
+                    # (found fuzzing, issue 13): responses now meet the ACL as early.
+                    self.stats.stray_responses += 1
+                    self.stats.count_drop(DropReason.STRAY_RESPONSE)
+                    return
                 self._on_response(msg, peer, now)
             else:
                 self.stats.requests_received += 1
@@ -299,6 +309,14 @@ class ProxyCore:
             # A header we interpret lazily turned out malformed: same answer as a parse error.
             status = exc.status if isinstance(exc, ParseError) else 400
             self._parse_failed(data, ParseError(status, str(exc)), peer, local, msg)
+
+    def _awaits_response_from(self, host: str) -> bool:
+        """True when a live branch was sent to ``host`` (an in-dialog hop a Route named).
+
+        One pass over the destinations (gateways, the PBX and the few hops in-dialog
+        requests went to), not over the branches; only non-party sources get here.
+        """
+        return any(dest.host == host for dest in self._branches_by_dest)
 
     def transport_error(self, dest: Endpoint, now: float) -> None:
         """The shell could not deliver to ``dest`` (refused, reset, TLS failure)."""
