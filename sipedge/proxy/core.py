@@ -880,7 +880,16 @@ class ProxyCore:
             self.stats.loops_detected += 1
             self._respond(ctx, 482, now, b"Loop Detected")
             return
-        branch = branch_for(loop, ctx.key, len(ctx.branches))
+        attempt = len(ctx.branches)
+        branch = branch_for(loop, ctx.key, attempt)
+        while client_key(branch, req.method) in self._branches:
+            # RFC 3261 §16.6 step 8: the branch must be unique per transaction. The same
+            # request again after its server transaction ended (at once over TCP, Timer J
+            # = 0) while our client transaction for it lives on (Timer K on a UDP leg)
+            # would get the same branch: the old branch was overwritten in the table and
+            # its destination entry leaked (found by fuzz_core's drain invariant).
+            attempt += 1
+            branch = branch_for(loop, ctx.key, attempt)
         record_route: tuple[bytes, ...] = ()
         if req.method in _RECORD_ROUTE_METHODS and req.to_tag is None:
             rr = self.listeners.record_route

@@ -86,11 +86,18 @@ def _crashers() -> dict[str, list[fuzz_core.Op]]:
         # 180 relayed with no Via: the caller's Via line (line 4) of the answer replaced.
         "only_our_via": [op("request", method=0),
                          op("answer", calls=1, status=ringing, mut=6, at=4, ins=b"X-Gone: 1")],
+        # Branch reused, _branches_by_dest leaked: atheris crash-5a7d35d4…, minimised. An
+        # INFO over TCP (peer 1), answered 584, then the same INFO again.
+        "branch_reuse": [op("request", peer=1, method=5, call=3, branch=2, cseq=1, mf=1,
+                            body=3, uri=2),
+                         op("answer", pick=6, calls=1, status=33, code=584, contact=1),
+                         op("request", peer=1, method=5, call=3, branch=2, cseq=1, mf=1,
+                            body=3, uri=2)],
     }
 
 
 @pytest.mark.parametrize("name", sorted(_crashers()))
 def test_former_crasher_inputs_hold_the_invariants(name: str) -> None:
     ops = _crashers()[name]
-    data = fuzz_core.encode(63, ops)
+    data = fuzz_core.encode(0 if name == "branch_reuse" else 63, ops)
     fuzz_core.run_input(data)  # the encoded input, exactly as atheris would run it

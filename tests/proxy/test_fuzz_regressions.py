@@ -15,6 +15,7 @@ from sipedge.sip.headers import parse_cseq
 from sipedge.sip.message import parse
 from tests.helpers.wire import (
     CALLEE,
+    INSIDE,
     PBX,
     STRANGER,
     VIRGINIA,
@@ -258,3 +259,40 @@ def _answer(request: bytes, status: int) -> bytes:
     lines = [ln for ln in request.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
              if ln.lower().startswith(keep)]
     return b"SIP/2.0 %d OK\r\n" % status + b"\r\n".join(lines) + b"\r\nContent-Length: 0\r\n\r\n"
+
+
+# ---------------------------------------------------------------------------- 7. branch reuse
+# Found by fuzz_core's drain invariant (atheris, crash-5a7d35d4…; minimised to 3 ops).
+# Over TCP a non-INVITE server transaction ends with its final response (Timer J = 0),
+# while our client transaction toward a UDP gateway waits in Completed (Timer K, 5 s).
+# The same request again is then a new request; its branch was derived from the same
+# inputs, so it was *the same branch*: the live client transaction was overwritten in the
+# table and its destination entry never left _branches_by_dest (RFC 3261 §16.6 step 8:
+# a branch is unique per transaction).
+
+PBX_TCP = Endpoint("tcp", "127.0.0.1", 41000)
+
+INFO_OVER_TCP = (
+    b"INFO tel:+14155550103 SIP/2.0\r\n"
+    b"Via: SIP/2.0/TCP 127.0.0.1:41000;branch=z9hG4bK-fz2\r\n"
+    b"Max-Forwards: 1\r\n"
+    b"From: <sip:caller@127.0.0.1>;tag=fz3\r\n"
+    b"To: <sip:+14155550103@127.0.0.1:5080>\r\n"
+    b"Call-ID: fz-call-3@fuzz\r\n"
+    b"CSeq: 1 INFO\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def test_same_request_after_tcp_server_transaction_ended_gets_a_new_branch(
+        h: ProxyHarness) -> None:
+    first = calls(h.feed(INFO_OVER_TCP, PBX_TCP, INSIDE), b"INFO")
+    assert [s.dest for s in first] == [VIRGINIA[0]]
+    out = h.feed(_answer(first[0].data, 486), VIRGINIA[0])
+    assert [(s.dest, status_of(s)) for s in out] == [(PBX_TCP, 486)]
+    assert h.core._contexts == {}  # reliable: Timer J is 0, the server side is gone
+    again = calls(h.feed(INFO_OVER_TCP, PBX_TCP, INSIDE), b"INFO")
+    assert len(again) == 1
+    assert header(again[0].data, b"Via") != header(first[0].data, b"Via")
+    h.advance(100)
+    assert h.core._branches == {} and h.core._branches_by_dest == {}
