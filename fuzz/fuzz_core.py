@@ -587,6 +587,15 @@ class World:
         sends = self._collect(o)
         after = _tables(self.core)
         _merge_max(TOTALS.max_tables_during, after)
+        core = self.core
+        for dest, keys in core._branches_by_dest.items():
+            # The index by destination names live branches only, each under its own dest.
+            for key in keys:
+                branch = core._branches.get(key)
+                if branch is None or branch.dest != dest:
+                    raise Violation(f"_branches_by_dest[{dest}] holds {key!r}, which is "
+                                    f"{'gone' if branch is None else 'elsewhere'}, "
+                                    f"after {o!r}")
         if peer is not None and not peer.trusted:
             if sends:
                 raise Violation(f"the stranger's {o.kind} produced sends: {sends[:2]!r}")
