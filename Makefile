@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 PREFIX  ?= /opt/sipedge
 DESTDIR ?=
 
-.PHONY: attacks run lab test lint unit e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
+.PHONY: attacks fuzz-core run lab test lint unit e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
         install uninstall
 
 $(STAMP): pyproject.toml
@@ -94,6 +94,13 @@ bench-core: $(STAMP)
 ## make bench-load: SIPp load + failover, sipedge then Kamailio in the same sitting (minutes)
 bench-load: $(STAMP)
 	bash bench/load.sh $${WHAT:-all}
+
+## make fuzz-core: atheris over the whole proxy core (op sequences; not in CI: a 3000-input
+## pure-Python run of the same harness is in `make unit`)
+fuzz-core: $(STAMP)
+	$(PY) -m pip install -q atheris
+	mkdir -p fuzz/corpus_core
+	$(PY) fuzz/fuzz_core.py -max_total_time=$${FUZZ_SECONDS:-900} fuzz/corpus_core
 
 ## make attacks: the long hardening runs against the live daemon (~3.5 min, not in CI):
 ## 60 s stranger flood at 2,000 INVITE/s beside 20 PBX calls/s, an allowed source over its

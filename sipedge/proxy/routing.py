@@ -56,6 +56,18 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _unicast(host: str) -> bool:
+    # Cached like _ip: the address properties below are slow Python (network lookups).
+    ip = _ip(host)
+    if ip is None or ip.is_unspecified or ip.is_multicast:
+        return False
+    return not (ip.version == 4 and ip == _LIMITED_BROADCAST)
+
+
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
 def is_allowed(host: str, networks: Iterable[Network]) -> bool:
     """True when ``host`` (an IP literal) lies in one of ``networks``."""
     ip = _ip(host)
@@ -78,7 +90,13 @@ def classify_source(
 def uri_endpoint(uri: Uri) -> Endpoint | None:
     """The transport address a SIP URI points at (RFC 3263 §4 for IP literals).
 
-    Returns None for a tel URI or a host name (the caller resolves names elsewhere).
+    Returns None for a tel URI or a host name (the caller resolves names elsewhere), and
+    for an address no request may be sent to: port 0, or an unspecified, multicast or
+    limited-broadcast host. A trusted peer's Route or Request-URI can name one (a typo,
+    or a fuzzer found it): 0.0.0.0 reaches this very host, port 0 no socket can send to,
+    and a proxy has no business flooding a segment (RFC 4475 §3.3.10 drops a response
+    whose Via names a broadcast address for the same reason; RFC 3261 §18.1.1 multicast
+    goes through ``maddr``, which sipedge does not implement).
     """
     if uri.scheme not in (b"sip", b"sips"):
         return None
@@ -94,9 +112,11 @@ def uri_endpoint(uri: Uri) -> Endpoint | None:
     host = uri.host.decode("ascii", "replace")
     if host.startswith("["):
         host = host[1:-1]
-    if _ip(host) is None:
+    if not _unicast(host):
         return None
     port = uri.port if uri.port is not None else default_port(transport)
+    if port == 0:
+        return None
     return Endpoint(transport, host, port)
 
 

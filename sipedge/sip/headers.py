@@ -368,11 +368,13 @@ def parse_cseq(value: bytes) -> CSeq:
         raise _bad("CSeq: number not digits")
     # Strip leading zeros before the length check so 0009 stays legal.
     digits = number.lstrip(b"0")
-    if len(digits) > 10 or int(number) > MAX_CSEQ:
+    # int(digits), not int(number): a run of zeros over 4300 digits would make CPython's
+    # int() raise ValueError (int_max_str_digits), and only ParseError may leave here.
+    if len(digits) > 10 or int(digits or b"0") > MAX_CSEQ:
         raise _bad("CSeq: number above 2**32-1")
     if not is_token(method):
         raise _bad("CSeq: bad method")
-    return CSeq(int(number), method)
+    return CSeq(int(digits or b"0"), method)
 
 
 @dataclass(frozen=True, slots=True)

@@ -355,6 +355,10 @@ class Message:
         if cseq is None:
             self._index()
             number, method = self._cseq_raw
+            if len(number) > 10:
+                # Leading zeros are legal (RFC 4475 §3.1.1.1) and unbounded; int() refuses
+                # strings over 4300 digits (CPython's int_max_str_digits): drop them first.
+                number = number.lstrip(b"0") or b"0"
             cseq = self._cseq = CSeq(int(number), method)
         return cseq
 
@@ -390,6 +394,25 @@ class Message:
     def via_count(self) -> int:
         """Number of Via values in the message (all lines, comma lists split)."""
         return len(self.header_values(b"via"))
+
+    @property
+    def has_next_via(self) -> bool:
+        """True when a Via value follows the top one (RFC 3261 §16.7 step 3).
+
+        The cheap form of ``via_count > 1`` for every relayed response: a second Via line
+        answers at once; only a lone line with a comma is split.
+
+        Raises:
+            ParseError: the header block is invalid.
+        """
+        keys = self._index()
+        if keys.count(_VIA) > 1:
+            return True
+        n = self._first_line(_VIA)
+        if n is None:
+            return False
+        value = self._value(n)
+        return b"," in value and len(split_values(value)) > 1
 
     @property
     def from_(self) -> NameAddr:
@@ -796,11 +819,13 @@ def _build_index(msg: Message) -> list[bytes | None]:
     n = keys.index(_CSEQ)
     cseq_raw = msg._value(n + 1) if folded else parts[n][2]
     cparts = cseq_raw.split()
-    # Up to 9 digits always fit in 32 bits: no int() on the common path.
+    # Up to 9 digits always fit in 32 bits: no int() on the common path. Exactly 10 may
+    # or may not; longer ones (leading zeros, or too big) go to parse_cseq, which strips
+    # the zeros before any int(): CPython refuses int() of over 4300 digits (ValueError).
     if not (
         len(cparts) == 2
         and cparts[0].isdigit()
-        and (len(cparts[0]) < 10 or int(cparts[0]) <= MAX_CSEQ)
+        and (len(cparts[0]) < 10 or (len(cparts[0]) == 10 and int(cparts[0]) <= MAX_CSEQ))
         and (status is not None or is_token(cparts[1]))
     ):
         try:

@@ -214,3 +214,17 @@ def test_answer_parse_error() -> None:
     resp = parse(out)
     assert isinstance(resp, Response) and resp.status == 400 and resp.to_tag == b"t"
     assert answer_parse_error(b"garbage", ParseError(400, "x")) is None
+
+
+@pytest.mark.parametrize("vias,expected", [
+    (b"Via: SIP/2.0/UDP a;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP b;branch=z9hG4bK2\r\n", True),
+    (b"Via: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\n", True),
+    (b"Via: SIP/2.0/UDP a;branch=z9hG4bK1\r\n", False),
+    (b'Via: SIP/2.0/UDP a;branch=z9hG4bK1;x="1,2"\r\n', False),  # a comma inside quotes
+])
+def test_has_next_via_agrees_with_via_count(vias: bytes, expected: bool) -> None:
+    data = (b"SIP/2.0 180 Ringing\r\n" + vias + b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\n"
+            b"Call-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    msg = parse(data)
+    assert msg.has_next_via is expected
+    assert (msg.via_count > 1) is expected
