@@ -289,10 +289,9 @@ def _sv(*args: str, timeout: float = 60) -> str:
     return done.stdout + done.stderr
 
 
-@pytest.mark.skipif(shutil.which("svmap") is None,
-                    reason="SIPVicious not installed (`make tools` installs it)")
 def test_scanners_find_nothing_and_get_no_packet(
         tmp_path: Path, daemon_factory: object, gateways: Gateways) -> None:
+    assert shutil.which("svmap"), "SIPVicious is missing: `make tools` installs it"
     # The scanners send from 127.0.0.1: this sipedge allows only 127.0.0.2 (and its PBX
     # callee 127.0.0.10), so 127.0.0.1 is a stranger on both sockets.
     daemon: Daemon = daemon_factory(_config(tmp_path, allow='allow  = ["127.0.0.2/32"]'))  # type: ignore[operator]

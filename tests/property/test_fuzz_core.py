@@ -23,7 +23,7 @@ CI_INPUTS = 3000
 
 def test_bytes_provider_is_atherises_twin() -> None:
     """A crash file found by atheris decodes to the same ops without atheris."""
-    atheris = pytest.importorskip("atheris")
+    import atheris  # a test dependency (pyproject [test]); make test installs it
     rng = random.Random(3)
     for _ in range(500):
         data = rng.randbytes(rng.randint(0, 400))
