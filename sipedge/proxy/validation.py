@@ -34,6 +34,8 @@ SUPPORTED_SCHEMES = frozenset({b"sip", b"sips", b"tel"})
 
 #: Broadcast/unspecified addresses a response must never be sent to (RFC 4475 §3.3.10).
 _NEVER_SEND_TO = frozenset({b"255.255.255.255", b"0.0.0.0"})
+#: Visible ASCII (0x21-0x7E): ``bytes.translate(None, _VISIBLE)`` leaves what is not.
+_VISIBLE = bytes(range(0x21, 0x7F))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,11 @@ def _validate_request(req: Request) -> Reject | Uri:
     # From/To: quotbal, baddn, badaspec (RFC 4475 §3.1.2.6, .14, .15).  Parsed through
     # the message so the core's from_tag/to_tag reuse the cached values.
     _ = req.from_, req.to  # parsing is the check: validate_request turns ParseError into 400
+    if req.call_id.translate(None, _VISIBLE):
+        # RFC 3261 §25.1: callid = word ["@" word], visible ASCII only. The core keys
+        # transactions on it and logs it: a control character (ESC, NUL) or 8-bit byte
+        # there is a terminal-injection or smuggling vector downstream.
+        return Reject(400, "Call-ID with a control character", phrase=b"Bad Call-ID")
     for value in req.header_values(b"contact"):
         if value != b"*":
             parse_name_addr(value)  # regbadct (§3.1.2.13), badinv01 Contact params

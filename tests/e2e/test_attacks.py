@@ -518,7 +518,7 @@ CASES: list[Case] = [
      _status(400), None),
     ("escape-in-call-id",
      lambda t, p, c: request("INVITE", transport=t, port=p, call_id=c + b"\x1b[2J"),
-     _status(400), "today: forwarded to the gateway and its 200 relayed"),
+     _status(400), None),
     # §21.5.14: beyond what the proxy handles, 513 (sipedge caps the Via count).
     ("200-via-headers", _vias, _status(513), None),
     ("1KiB-branch",

@@ -52,3 +52,15 @@ def test_probes_carry_no_user_agent_by_default() -> None:
     probes += [s for s in h.sent if s.data.startswith(b"OPTIONS ")]
     assert probes and all(header(s.data, b"User-Agent") is None for s in probes)
     assert all(header(s.data, b"Server") is None for s in h.sent)
+
+
+def test_control_characters_in_call_id_are_answered_400() -> None:
+    h = ProxyHarness()
+    h.bring_up()
+    for n, bad in enumerate((b"x\x1b[2J", b"x\x7f", b"x\xc3\xa9", b"x y")):
+        data = make_request(b"INVITE", b"sip:+14155550100@127.0.0.1:5080",
+                            via=[b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-cid%d" % n],
+                            call_id=b"call" + bad)
+        out = h.feed(data, PBX)
+        assert calls(out) == [], bad
+        assert [s.data.split(b"\r\n", 1)[0] for s in out] == [b"SIP/2.0 400 Bad Call-ID"], bad
