@@ -15,7 +15,7 @@ from typing import Literal, NamedTuple
 
 from sipedge.sip.errors import ParseError
 from sipedge.sip.headers import MAGIC_COOKIE, parse_name_addr, parse_via
-from sipedge.sip.message import Request, Response, parse
+from sipedge.sip.message import MAX_VIA, Request, Response, parse
 from sipedge.sip.uri import Uri, parse_uri
 
 __all__ = [
@@ -34,6 +34,9 @@ SUPPORTED_SCHEMES = frozenset({b"sip", b"sips", b"tel"})
 
 #: Broadcast/unspecified addresses a response must never be sent to (RFC 4475 §3.3.10).
 _NEVER_SEND_TO = frozenset({b"255.255.255.255", b"0.0.0.0"})
+#: Route values per request: the same bound as Via (``sip.message.MAX_VIA``): a route set
+#: longer than a Max-Forwards-70 path is no dialog's.
+MAX_ROUTE = MAX_VIA
 #: Visible ASCII (0x21-0x7E): ``bytes.translate(None, _VISIBLE)`` leaves what is not.
 _VISIBLE = bytes(range(0x21, 0x7F))
 
@@ -124,7 +127,13 @@ def _validate_request(req: Request) -> Reject | Uri:
     for value in req.header_values(b"contact"):
         if value != b"*":
             parse_name_addr(value)  # regbadct (§3.1.2.13), badinv01 Contact params
-    for value in req.header_values(b"route"):
+    routes = req.header_values(b"route")
+    if len(routes) > MAX_ROUTE:
+        # RFC 3261 §21.5.14: a route set longer than any path through Twilio can make is
+        # beyond what we process; each value costs a parse and an own-address check, so a
+        # trusted peer's 60 KB of Route values must not cost tens of milliseconds.
+        return Reject(513, "too many Route values", phrase=b"Too Many Route")
+    for value in routes:
         parse_name_addr(value)
     date = req.header(b"date")
     if date is not None and not date.endswith(b" GMT"):

@@ -64,3 +64,18 @@ def test_control_characters_in_call_id_are_answered_400() -> None:
         out = h.feed(data, PBX)
         assert calls(out) == [], bad
         assert [s.data.split(b"\r\n", 1)[0] for s in out] == [b"SIP/2.0 400 Bad Call-ID"], bad
+
+
+def test_a_route_set_longer_than_any_path_is_answered_513_cheaply() -> None:
+    h = ProxyHarness()
+    h.bring_up()
+    own = b", ".join([b"<sip:127.0.0.1:5080;lr>"] * 71)
+    data = make_request(b"INVITE", b"sip:+14155550100@127.0.0.1:5080",
+                        via=[b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-routes"],
+                        call_id=b"routes", headers=[(b"Route", own)])
+    out = h.feed(data, PBX)
+    assert calls(out) == []
+    assert [s.data.split(b"\r\n", 1)[0] for s in out] == [b"SIP/2.0 513 Too Many Route"]
+    seventy = own.rsplit(b", ", 1)[0]
+    ok = data.replace(own, seventy).replace(b"z9hG4bK-routes", b"z9hG4bK-routes70")
+    assert len(calls(h.feed(ok, PBX))) == 1  # 70 (all ours, popped) still routes
