@@ -318,7 +318,7 @@ class ProxyCore:
         try:
             if isinstance(msg, Response):
                 self.stats.responses_received += 1
-                if (self._direction(peer.host) is Direction.UNKNOWN
+                if (direction is Direction.UNKNOWN
                         and not self._awaits_response_from(peer.host)):
                     # Neither a party nor a hop we sent to: _on_response would drop it
                     # anyway (branch, probe and stray checks all need one of the two), so
@@ -331,7 +331,7 @@ class ProxyCore:
                 self._on_response(msg, peer, now)
             else:
                 self.stats.requests_received += 1
-                self._on_request(msg, peer, local, now)
+                self._on_request(msg, peer, local, direction, now)
         except SipError as exc:
             # A header we interpret lazily turned out malformed: same answer as a parse error.
             if not isinstance(exc, ParseError):
@@ -524,9 +524,10 @@ class ProxyCore:
 
     # ------------------------------------------------------------------ requests
 
-    def _on_request(self, req: Request, peer: Endpoint, local: Endpoint, now: float) -> None:
+    def _on_request(self, req: Request, peer: Endpoint, local: Endpoint,
+                    direction: Direction, now: float) -> None:
+        """A request from ``peer``; ``direction`` is what ``receive`` classified it as."""
         method = req.method
-        direction = self._direction(peer.host)
         self.stats.count_request(method, direction)
         if direction is Direction.UNKNOWN:
             self._reject_stranger(req, peer, local)

@@ -167,8 +167,3 @@ def histogram(table: dict[str, Histogram], key: str, bounds: tuple[float, ...]) 
         hist = table[key] = Histogram(bounds)
     return hist
 
-
-def as_plain(stats: ProxyStats) -> dict[str, int]:
-    """The scalar counters and gauges by name (for tests and the admin API)."""
-    return {name: value for name in ProxyStats.__dataclass_fields__
-            if isinstance(value := getattr(stats, name), int)}
