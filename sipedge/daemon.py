@@ -35,7 +35,7 @@ from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
 from sipedge.lifecycle import Lifecycle, Phase
 from sipedge.logs import setup_logging
-from sipedge.metrics import LoopLagMonitor, make_registry, metrics_endpoint
+from sipedge.metrics import GcPauseMonitor, LoopLagMonitor, make_registry, metrics_endpoint
 from sipedge.notify import Notifier
 from sipedge.proxy.core import ProxyCore
 from sipedge.proxy.events import Event
@@ -232,6 +232,7 @@ class Daemon:
         self.admin: AdminServer | None = None
         self.watcher: NameWatcher | None = None
         self.lag = LoopLagMonitor()
+        self.gc_pauses = GcPauseMonitor()
         self._sni: dict[Endpoint, str] = {}
         self._events = EventLogger()
         self._status = ""
@@ -287,6 +288,7 @@ class Daemon:
         driver.kick()
         await self._first_probes_sent(config)
         self.lag.start(loop)
+        self.gc_pauses.start()
         self.lifecycle.move(Phase.READY)
         self._schedule_tick()
         return None
@@ -367,6 +369,7 @@ class Daemon:
         if self._tick is not None:
             self._tick.cancel()
         self.lag.stop()
+        self.gc_pauses.stop()
         for task in list(self._tasks):
             task.cancel()
         if self.watcher is not None:
@@ -526,6 +529,7 @@ class Daemon:
     async def _start_admin(self, listen: Endpoint) -> AdminServer:
         assert self.driver is not None
         registry = make_registry(lambda: self.driver, loop_lag=self.lag,  # type: ignore[arg-type, return-value]
+                                 gc_pauses=self.gc_pauses,
                                  state=lambda: self.phase.value,
                                  transports=lambda: self.transports)
         admin = AdminServer(self.driver, metrics=metrics_endpoint(registry), control=self)

@@ -16,7 +16,9 @@ reasons) are exposed at zero before their first event, so ``rate()`` and alerts 
 first scrape instead of missing the first increment.
 
 ``LoopLagMonitor`` lives here too: a self-rescheduling ``loop.call_at`` that records how late
-it ran, the plainest measure of how long the event loop was blocked.
+it ran, the plainest measure of how long the event loop was blocked. ``GcPauseMonitor`` times
+each cyclic-GC collection (``gc.callbacks``), the commonest cause of such a block in a Python
+process that holds many live objects (issue 14's stall timeline reads both).
 
 Wiring (daemon)::
 
@@ -29,8 +31,10 @@ Wiring (daemon)::
 from __future__ import annotations
 
 import asyncio
+import gc
 import platform
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -70,6 +74,7 @@ __all__ = [
     "LIFECYCLE_STATES",
     "LOOP_LAG_BUCKETS_S",
     "DriverView",
+    "GcPauseMonitor",
     "LoopLagMonitor",
     "SipedgeCollector",
     "exposition",
@@ -85,6 +90,9 @@ LIFECYCLE_STATES: Final = ("starting", "ready", "reloading", "draining", "stoppe
 
 #: How late the loop-lag timer ran, seconds: 1 ms is noise, 2.5 s is a stalled worker.
 LOOP_LAG_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: One cyclic-GC collection, seconds (the event loop is blocked for all of it).
+GC_PAUSE_BUCKETS_S: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                             1.0, 2.5)
 
 #: Label value for an empty edge (a call refused before any gateway was chosen, a failover
 #: with no gateway left): Prometheus drops a label whose value is "", which would merge
@@ -292,12 +300,55 @@ class LoopLagMonitor:
         self._schedule(loop)
 
 
+class GcPauseMonitor:
+    """Times every collection of CPython's cyclic GC, by generation.
+
+    ``gc.callbacks`` runs a callback at the start and the end of each collection; the
+    difference is the time the interpreter (and so the event loop) was stopped for it.
+    prometheus_client's ``python_gc_*`` families count collections and objects but not
+    their duration, which is what a latency stall is made of.
+    """
+
+    def __init__(self, buckets: tuple[float, ...] = GC_PAUSE_BUCKETS_S) -> None:
+        """Build a stopped monitor with one histogram per generation (0, 1, 2)."""
+        self.histograms = (Histogram(buckets), Histogram(buckets), Histogram(buckets))
+        #: The longest collection so far, seconds.
+        self.longest_s = 0.0
+        self._started = 0.0
+
+    @property
+    def running(self) -> bool:
+        """True between ``start`` and ``stop``."""
+        return self._callback in gc.callbacks
+
+    def start(self) -> None:
+        """Install the callback (idempotent)."""
+        if not self.running:
+            gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        """Remove the callback (idempotent); the figures so far stay readable."""
+        if self.running:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = info.get("generation", 2)
+        self.histograms[min(max(generation, 0), 2)].observe(pause)
+        if pause > self.longest_s:
+            self.longest_s = pause
+
+
 class SipedgeCollector(Collector):
     """Turns the core's stats and the pool's snapshot into metric families at scrape time.
 
     Args:
         driver: returns the current driver (called once per scrape; ``.core`` is read afresh).
         loop_lag: the loop-lag monitor, or None (then its families are absent).
+        gc_pauses: the GC pause monitor, or None (then its families are absent).
         build_info: labels of ``sipedge_build_info``; default version and python.
         state: returns the daemon's lifecycle state name (``LIFECYCLE_STATES``), or None
             (then ``sipedge_state`` is absent).
@@ -307,10 +358,12 @@ class SipedgeCollector(Collector):
 
     def __init__(self, driver: Callable[[], DriverView], *,
                  loop_lag: LoopLagMonitor | None = None,
+                 gc_pauses: GcPauseMonitor | None = None,
                  build_info: Mapping[str, str] | None = None,
                  state: Callable[[], str] | None = None,
                  transports: Callable[[], TransportView | None] | None = None) -> None:
         self._driver = driver
+        self._gc_pauses = gc_pauses
         self._transports = transports
         self._loop_lag = loop_lag
         info = build_info if build_info is not None else {
@@ -616,6 +669,14 @@ class SipedgeCollector(Collector):
         tx.add_metric(("server",), stats.server_transactions)
         tx.add_metric(("client",), stats.client_transactions)
         yield tx
+        yield _Family.counter(
+            "sipedge_timers_fired",
+            "Timer-heap entries the core popped (RFC 3261 timers, probes, sweeps; stale "
+            "entries of finished transactions included).", value=stats.timers_fired)
+        yield _Family.gauge(
+            "sipedge_timer_entries",
+            "Entries in the core's timer heap (stale ones included until they are due).",
+            value=stats.timer_entries)
         yield _Family.gauge(
             "sipedge_calls_in_progress",
             "Answered calls whose BYE has not had its final response yet.",
@@ -656,6 +717,18 @@ class SipedgeCollector(Collector):
             yield _Family.gauge(
                 "sipedge_event_loop_last_lag_seconds",
                 "Lag of the latest event-loop timer tick.", value=monitor.last_lag_s)
+        pauses = self._gc_pauses
+        if pauses is not None:
+            family = _Family.histogram(
+                "sipedge_gc_pause_seconds",
+                "Duration of each cyclic garbage collection, by generation (the process "
+                "runs nothing else meanwhile).", labels=("generation",))
+            for generation, hist in enumerate(pauses.histograms):
+                family.add_histogram((str(generation),), hist, hist.bounds)
+            yield family
+            yield _Family.gauge("sipedge_gc_longest_pause_seconds",
+                                "The longest cyclic garbage collection since start.",
+                                value=pauses.longest_s)
         info = self._build_info
         build = _Family.gauge("sipedge_build_info",
                                   "Always 1; the labels say which sipedge and Python run.",
@@ -666,6 +739,7 @@ class SipedgeCollector(Collector):
 
 def make_registry(driver: Callable[[], DriverView], *,
                   loop_lag: LoopLagMonitor | None = None,
+                  gc_pauses: GcPauseMonitor | None = None,
                   build_info: Mapping[str, str] | None = None,
                   state: Callable[[], str] | None = None,
                   transports: Callable[[], TransportView | None] | None = None,
@@ -676,7 +750,7 @@ def make_registry(driver: Callable[[], DriverView], *,
     collide with an earlier registration.
 
     Args:
-        driver, loop_lag, build_info, state: see ``SipedgeCollector``.
+        driver, loop_lag, gc_pauses, build_info, state: see ``SipedgeCollector``.
         process: include ``ProcessCollector`` (process_cpu_seconds_total,
             process_resident_memory_bytes, process_open_fds...), ``PlatformCollector``
             (python_info) and ``GCCollector`` (python_gc_*).
@@ -685,7 +759,8 @@ def make_registry(driver: Callable[[], DriverView], *,
         The registry.
     """
     registry = CollectorRegistry()
-    registry.register(SipedgeCollector(driver, loop_lag=loop_lag, build_info=build_info,
+    registry.register(SipedgeCollector(driver, loop_lag=loop_lag, gc_pauses=gc_pauses,
+                                       build_info=build_info,
                                        transports=transports,
                                        state=state))
     if process:

@@ -10,6 +10,7 @@ name used by ``conf/alerts.yml`` and ``conf/grafana-dashboard.json`` against a l
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import shutil
@@ -32,6 +33,7 @@ from sipedge.gateway.pool import GatewayPool
 from sipedge.metrics import (
     CONTENT_TYPE,
     LIFECYCLE_STATES,
+    GcPauseMonitor,
     LoopLagMonitor,
     exposition,
     make_registry,
@@ -375,6 +377,11 @@ async def test_transactions_in_progress_by_kind(lab: Lab) -> None:
     assert m("sipedge_transactions_in_progress", kind="server") == 1
     assert m("sipedge_transactions_in_progress", kind="client") >= 1
     assert m("sipedge_calls_setting_up") == 1
+    assert m("sipedge_timer_entries") >= 2  # the server's and the branch's deadlines
+    fired = m("sipedge_timers_fired_total")
+    lab.h.advance(40)
+    m = lab.scrape()
+    assert m("sipedge_timers_fired_total") > fired
 
 
 async def test_counters_never_decrease_across_scrapes(lab: Lab) -> None:
@@ -489,6 +496,39 @@ async def test_loop_lag_monitor_sees_a_blocked_loop() -> None:
     assert m("sipedge_event_loop_lag_seconds_bucket", le="0.05") < count  # the late tick
     assert m("sipedge_event_loop_lag_seconds_bucket", le="+Inf") == count
     assert "sipedge_state_total" not in m.names() and not m.series("sipedge_state")
+
+
+async def test_gc_pause_monitor_times_each_collection_by_generation() -> None:
+    monitor = GcPauseMonitor()
+    monitor.start()
+    monitor.start()  # idempotent: one callback, one observation per collection
+    try:
+        assert monitor.running
+        junk = [[i] for i in range(200_000)]  # something for a full collection to walk
+        gc.collect(2)
+        gc.collect(0)
+        del junk
+    finally:
+        monitor.stop()
+    assert not monitor.running
+    full, young = monitor.histograms[2], monitor.histograms[0]
+    assert full.count >= 1 and young.count >= 1
+    assert full.sum > 0 and monitor.longest_s >= full.sum / full.count
+    gc.collect(2)
+    assert monitor.histograms[2].count == full.count  # stopped means stopped
+    loop = asyncio.get_running_loop()
+    h = ProxyHarness()
+    driver = CoreDriver(h.core, loop, lambda event: None)
+    try:
+        m = parse(exposition(make_registry(lambda: driver, gc_pauses=monitor, process=False)))
+    finally:
+        driver.close()
+    assert m("sipedge_gc_pause_seconds_count", generation="2") == full.count
+    assert m("sipedge_gc_pause_seconds_bucket", generation="2", le="+Inf") == full.count
+    assert m("sipedge_gc_pause_seconds_count", generation="1") == monitor.histograms[1].count
+    assert m("sipedge_gc_longest_pause_seconds") == monitor.longest_s
+    assert m("sipedge_timer_entries") == 0  # nothing started on this core
+    assert m("sipedge_timers_fired_total") == 0
 
 
 def test_loop_lag_monitor_rejects_a_bad_interval() -> None:

@@ -362,8 +362,10 @@ class ProxyCore:
         """Fire every timer due at or before ``now``."""
         self._now = now
         heap = self._heap
+        fired = 0
         while heap and heap[0][0] <= now:
             _, _, kind, key = heapq.heappop(heap)
+            fired += 1
             if kind == b"c":
                 branch = self._branches.get(key)
                 if branch is not None:
@@ -378,6 +380,7 @@ class ProxyCore:
                     self._probe_timer(key, probe, now)
             elif kind == b"i":
                 self._sweep_calls(now)
+        self.stats.timers_fired += fired
         for gateway_id in self.schedule.due(now):
             self._send_probe(gateway_id, now)
 
@@ -400,6 +403,7 @@ class ProxyCore:
         stats.calls_setting_up = sum(
             1 for c in self._contexts.values() if c.is_call and not c.done)
         stats.sources_banned = self.admission.banned(self._now)
+        stats.timer_entries = len(self._heap)
         return stats
 
     def set_draining(self, draining: bool) -> None:

@@ -111,6 +111,7 @@ class ProxyStats:
     gateway_cap_503: int = 0  # every usable gateway at its cap: 503
     emergency_calls: int = 0  # calls to emergency numbers (they bypass the call caps)
     transactions_cap_503: int = 0  # new requests refused: too many transactions
+    timers_fired: int = 0  # timer-heap entries popped by handle_timer (live or stale)
     sources_banned: int = 0  # gauge, refreshed at scrape time
     # labelled counters
     requests_by_method: dict[Direction, dict[bytes, int]] = field(default_factory=_by_direction)
@@ -132,6 +133,7 @@ class ProxyStats:
     client_transactions: int = 0
     calls_in_progress: int = 0
     calls_setting_up: int = 0
+    timer_entries: int = 0  # the timer heap's length (stale entries included)
 
     def count_request(self, method: bytes, direction: Direction) -> None:
         """One request received from ``direction``'s side."""
