@@ -732,6 +732,9 @@ class ProxyCore:
             call_id = ctx.request.call_id
             if self._calls.pop(call_id, None) is not None:
                 self._events.append(CallEnded(call_id.decode("ascii", "replace"), status))
+        # Done reading it: the request is held for the wait timers (32 s over UDP) only
+        # to absorb retransmissions; its header index is rebuilt should anything look.
+        ctx.request.shed()
 
     def _sweep_calls(self, now: float) -> None:
         """Forget answered calls idle for ``CALL_IDLE_TIMEOUT_S`` (their BYE went missing)."""

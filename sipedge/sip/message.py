@@ -175,6 +175,10 @@ _VIA_LINE_STARTS: Final = (b"Via:", b"v:", b"VIA:", b"via:", b"Via :")
 # compare by identity first, so looking these up never reaches a bytes comparison.
 #: Header index of a message whose index failed to build (a real one is never empty).
 _NO_INDEX: Final[list[bytes | None]] = []
+#: Placeholders of a shed index (never mutated; ``_keys is None`` says "rebuild first").
+_SHED_LINES: Final[list[bytes]] = []
+_SHED_PARTS: Final[list[tuple[bytes, bytes, bytes]]] = []
+_SHED_PRESENT: Final[set[bytes | None]] = set()
 _VIA: Final = CANONICAL[b"via"]
 _CSEQ: Final = CANONICAL[b"cseq"]
 _CONTENT_LENGTH: Final = CANONICAL[b"content-length"]
@@ -296,6 +300,22 @@ class Message:
             # The usual case; list.count is one C-level pass, no ValueError to catch.
             return [first + 1]
         return [i + 1 for i in range(first, len(keys)) if keys[i] == name]
+
+    def shed(self) -> None:
+        """Drop the header index; the next header access rebuilds it from ``data``.
+
+        The index (a bytes object per header line, their partitions, the key list) costs
+        about three times the message's own size and a dozen GC-tracked objects. A proxy
+        keeps requests for the RFC 3261 wait timers (32 s over UDP) after it is done
+        reading them: shedding the index then keeps what a held call costs near its bytes
+        (issue 14). Headers parsed so far (top Via, CSeq, From, To) stay cached. A
+        message whose index failed to build stays failed.
+        """
+        if self._keys:
+            self._keys = None
+            self._lines = _SHED_LINES
+            self._parts = _SHED_PARTS
+            self._present = _SHED_PRESENT
 
     # -- public accessors ---------------------------------------------------------------
 
