@@ -136,7 +136,10 @@ class StreamSettings:
             much shorter ``first_byte_timeout_s`` / ``message_timeout_s``.
         connect_timeout_s: TCP connect plus TLS handshake budget. Below Twilio's 4 s
             "no provisional reply" failover timer would starve the handshake on a slow
-            link; above it the proxy core has already failed over anyway.
+            link; above it the proxy core has already failed over anyway. It also
+            bounds the handshake of a peer connecting to a TLS listener (the TLS form
+            of slowloris; past it the connection is aborted and counted ``timeout`` in
+            ``StreamTable.tls_inbound_failures``).
         keepalive_s: an outbound connection with no bytes either way for this long gets a
             double-CRLF keep-alive ping (RFC 5626 §4.4.1; the gateway answers a single
             CRLF), so NATs and firewalls on the private link keep the flow; 0 disables.
