@@ -39,14 +39,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sipedge.config import ConfigError, parse_config
+from sipedge.metrics import exposition, make_registry
 from sipedge.sip.address import Endpoint
 from sipedge.transport import StreamSettings, TlsSettings, Transports
+from sipedge.transport.driver import CoreDriver
 from sipedge.transport.tls import (
     TLS_FAILURE_REASONS,
     TLS_INBOUND_FAILURE_REASONS,
     client_context,
     server_context,
 )
+from tests.helpers.wire import ProxyHarness
 from tests.transport.conftest import RecordingSink, sip_request, until
 
 HOST_A = "127.0.12.1"  # sipedge (the side that connects)
@@ -713,6 +716,37 @@ def test_tls_listener_refusals_counted_under_uvloop(
         await _check_close_during_handshake(pki)
 
     run(scenario())
+
+
+async def test_tls_inbound_failures_on_metrics_and_log_rate_limited(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=TCP_LOG)
+    h = ProxyHarness()
+    h.start()
+    driver = CoreDriver(h.core, asyncio.get_running_loop(), lambda _event: None)
+    sink = RecordingSink()
+    try:
+        async with Transports(sink, settings=TLS_LISTENER_SETTINGS, tls=pki.server("good")) as t:
+            registry = make_registry(lambda: driver, transports=lambda: t, process=False)
+            (local,) = await t.start([Endpoint("tls", HOST_B, 0)])
+            for n in range(1, 8):
+                await _plaintext_sip_client(pki, local)
+                await until(lambda n=n: t.tls_inbound_failures["not_tls"] == n)  # type: ignore[misc]
+            await _tls11_client(pki, local)
+            await until(lambda: t.tls_inbound_failures["protocol_version"] == 1)
+            await _good_client_completes(pki, local, sink, 8)
+            body = exposition(registry).decode()
+    finally:
+        driver.close()
+    series = dict(re.findall(r'^sipedge_tls_inbound_failures_total\{reason="(\w+)"\} (\S+)$',
+                             body, re.MULTILINE))
+    assert series == {why: "0.0" for why in TLS_INBOUND_FAILURE_REASONS} | {
+        "not_tls": "7.0", "protocol_version": "1.0"}
+    warned = [r for r in caplog.records if r.name == TCP_LOG and r.levelno == logging.WARNING]
+    # RateLimitedLogger's burst per reason: 5 of the 7 plain-text lines, the TLS 1.1 one.
+    assert [r.getMessage().split("(")[1].split(")")[0] for r in warned] == [
+        "not_tls"] * 5 + ["protocol_version"]
 
 
 async def test_tls_listener_deadlines_kept_handshake_then_first_byte(pki: Pki) -> None:
