@@ -396,7 +396,8 @@ class SipedgeCollector(Collector):
             "sipedge_stream_closes",
             "TCP/TLS connections refused or closed by sipedge, by reason (total_limit, "
             "per_ip_limit, first_byte_timeout and message_timeout: slowloris, too_large: "
-            "answered 513, headers_too_large, framing_error, idle_timeout, write_stalled).",
+            "answered 513, too_large_dropped: the same from a stranger, closed unanswered, "
+            "headers_too_large, framing_error, idle_timeout, write_stalled).",
             labels=("reason",))
         for reason, count in transports.stream_closes.items():
             closes.add_metric((reason.value,), count)

@@ -41,8 +41,11 @@ Theory of operation:
     ``connection_made``, before a byte is read.
   - Read buffer: the framer holds at most ``max_message`` plus one read. A request
     whose Content-Length makes it larger is answered 513 built from its header block
-    (``answer_parse_error``, RFC 3261 §21.5.14) and closed; a header block that passes
-    the maximum without CRLF CRLF is closed unanswered.
+    (``answer_parse_error``, RFC 3261 §21.5.14) and closed, when the sink says the
+    source may be answered (``is_answerable``: the proxy core's access rules and
+    ``reject_unknown``; a stranger's is closed without a byte back, counted
+    ``TOO_LARGE_DROPPED``); a header block that passes the maximum without CRLF CRLF
+    is closed unanswered.
   - Slowloris: an accepted connection must send its first byte within
     ``first_byte_timeout_s``, and a message once begun must be whole within
     ``message_timeout_s`` — one byte every few seconds keeps ``last_activity`` fresh
@@ -123,6 +126,7 @@ _LIMITS = frozenset({StreamCloseReason.TOTAL_LIMIT, StreamCloseReason.PER_IP_LIM
 _REPORTED = frozenset({
     StreamCloseReason.MESSAGE_TIMEOUT,
     StreamCloseReason.TOO_LARGE,
+    StreamCloseReason.TOO_LARGE_DROPPED,
     StreamCloseReason.HEADERS_TOO_LARGE,
     StreamCloseReason.FRAMING_ERROR,
     StreamCloseReason.WRITE_STALLED,
@@ -322,6 +326,12 @@ class StreamConnection(asyncio.Protocol):
         head = self._framer.pending_head()
         if head is None:  # max_message bytes and still no CRLF CRLF: nothing to answer
             self._close_for(StreamCloseReason.HEADERS_TOO_LARGE, exc.reason)
+            return
+        assert self.peer is not None
+        if not self._table.sink.is_answerable(self.peer, self.local, now):
+            # The core would not answer this source (reject_unknown = "drop" for a
+            # stranger, the default): no 513, so a scanner learns nothing here either.
+            self._close_for(StreamCloseReason.TOO_LARGE_DROPPED, exc.reason)
             return
         # RFC 3261 §21.5.14 513 Message Too Large, when the header block is a request
         # with Via/From/To/Call-ID/CSeq to copy (answer_parse_error returns None for a
