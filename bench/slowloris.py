@@ -243,6 +243,9 @@ def serve_child(listen: str, first_byte_s: float, message_s: float, per_ip: int)
         def transport_error(self, dest: Endpoint, now: float) -> None:
             pass
 
+        def is_answerable(self, peer: Endpoint, local: Endpoint, now: float) -> bool:
+            return True  # no ACL here: every source is answered as an allowed one
+
     async def main() -> None:
         host, port = parse_hostport(listen)
         settings = StreamSettings(first_byte_timeout_s=first_byte_s,

@@ -64,7 +64,7 @@ from sipedge.proxy.stats import (
     ProxyStats,
 )
 from sipedge.transport.base import StreamCloseReason
-from sipedge.transport.tls import TLS_FAILURE_REASONS
+from sipedge.transport.tls import TLS_FAILURE_REASONS, TLS_INBOUND_FAILURE_REASONS
 
 if TYPE_CHECKING:
     from sipedge.proxy.core import ProxyCore
@@ -116,6 +116,9 @@ class TransportView(Protocol):
 
     @property
     def tls_failures(self) -> dict[str, int]: ...
+
+    @property
+    def tls_inbound_failures(self) -> Mapping[str, int]: ...
 
     @property
     def connection_count(self) -> int: ...
@@ -393,7 +396,8 @@ class SipedgeCollector(Collector):
             "sipedge_stream_closes",
             "TCP/TLS connections refused or closed by sipedge, by reason (total_limit, "
             "per_ip_limit, first_byte_timeout and message_timeout: slowloris, too_large: "
-            "answered 513, headers_too_large, framing_error, idle_timeout, write_stalled).",
+            "answered 513, too_large_dropped: the same from a stranger, closed unanswered, "
+            "headers_too_large, framing_error, idle_timeout, write_stalled).",
             labels=("reason",))
         for reason, count in transports.stream_closes.items():
             closes.add_metric((reason.value,), count)
@@ -407,6 +411,17 @@ class SipedgeCollector(Collector):
         for why in TLS_FAILURE_REASONS:
             tls.add_metric((why,), failures.get(why, 0))
         yield tls
+        inbound = _Family.counter(
+            "sipedge_tls_inbound_failures",
+            "TLS handshakes of peers connecting to sipedge's TLS listeners that failed, by "
+            "reason (protocol_version: TLS 1.0/1.1 only, not_tls: plain text such as SIP "
+            "over TCP to the TLS port, certificate: the client refused ours, timeout, "
+            "closed: gone mid-handshake, handshake_failed: other).",
+            labels=("reason",))
+        refused = transports.tls_inbound_failures
+        for why in TLS_INBOUND_FAILURE_REASONS:
+            inbound.add_metric((why,), refused.get(why, 0))
+        yield inbound
         yield _Family.gauge("sipedge_stream_connections",
                             "Open TCP/TLS connections (inbound and outbound).",
                             value=transports.connection_count)

@@ -44,7 +44,7 @@ from sipedge.sip.address import Endpoint
 from sipedge.transport import Transports
 from sipedge.transport.base import StreamCloseReason
 from sipedge.transport.driver import CoreDriver
-from sipedge.transport.tls import TLS_FAILURE_REASONS
+from sipedge.transport.tls import TLS_FAILURE_REASONS, TLS_INBOUND_FAILURE_REASONS
 from tests.helpers.wire import (
     CALLEE,
     INSIDE,
@@ -635,4 +635,7 @@ async def test_stream_and_tls_families_are_present_at_zero(lab: Lab) -> None:
     assert set(closes.values()) == {0.0}
     tls = scrape.series("sipedge_tls_failures_total")
     assert {dict(k)["reason"] for k in tls} == set(TLS_FAILURE_REASONS)
+    inbound = scrape.series("sipedge_tls_inbound_failures_total")
+    assert {dict(k)["reason"] for k in inbound} == set(TLS_INBOUND_FAILURE_REASONS)
+    assert set(inbound.values()) == {0.0}
     assert scrape.series("sipedge_stream_connections") == {frozenset(): 0.0}

@@ -150,6 +150,11 @@ class Admission:
         source.banned_until = now + self.limits.ban_s
         return Verdict.RATE_LIMITED
 
+    def is_banned(self, host: str, now: float) -> bool:
+        """True while inside source ``host`` serves a ban (a query: no token is spent)."""
+        source = self._sources.get(host)
+        return source is not None and now < source.banned_until
+
     def take_call(self, now: float) -> bool:
         """A new initial INVITE: False when the proxy-wide call rate is exhausted."""
         if self.limits.call_rate_per_s <= 0:

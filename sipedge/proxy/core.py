@@ -5,6 +5,9 @@ Theory of operation (after aioquic's ``QuicConnection``):
 * Inputs: ``receive(data, peer, local, now)`` for every datagram or framed stream message,
   ``transport_error(dest, now)`` when the shell could not deliver to ``dest``,
   ``handle_timer(now)`` when ``next_deadline()`` has passed, and the admin calls.
+  One query, ``is_answerable(peer, local, now)``, tells the shell whether an answer it
+  builds itself (the stream transport's 513 for a message it will not read) may go to
+  ``peer``: the same access rules ``receive`` applies, without a message.
 * Outputs: ``drain_outbox()`` → ``Send`` records for the shell to put on the wire,
   ``drain_events()`` → operator-visible facts, ``next_deadline()`` → when to call back.
   The core never reads a clock, opens a socket or logs above DEBUG.
@@ -337,6 +340,35 @@ class ProxyCore:
             if not isinstance(exc, ParseError):
                 exc = ParseError(400, str(exc))
             self._parse_failed(data, exc, peer, local, msg)
+
+    def is_answerable(self, peer: Endpoint, local: Endpoint, now: float) -> bool:
+        """Whether an error answer to ``peer`` on listener ``local`` may be sent at all.
+
+        For the answers the shell makes without handing the message over: the stream
+        transport does not read a request whose Content-Length passes its maximum, and
+        answers 513 from the header block (RFC 3261 §21.5.14) only when this is True.
+        It mirrors what ``receive`` does with a message from ``peer`` before any
+        answer: a source that is neither allowed on the inside nor a gateway gets what
+        ``reject_unknown`` says (``drop``, the default: silence, so a scanner learns
+        nothing; ``403``: answered, as ``receive`` answers its parse errors), a source
+        on the wrong side's listener and a banned inside source get nothing. Pure: no
+        counter moves and no token is spent (the caller counts its close).
+
+        Args:
+            peer: where the message came from.
+            local: the listener it arrived on.
+            now: the shell's ``loop.time()`` (a ban ends at a time).
+
+        Returns:
+            True when ``receive`` would answer a parse error from ``peer`` on ``local``.
+        """
+        direction = self._direction(peer.host)
+        if direction is Direction.UNKNOWN:
+            return self.settings.reject_unknown is not RejectUnknown.DROP
+        if direction is Direction.OUTBOUND:
+            return (local not in self._outside_only
+                    and not self.admission.is_banned(peer.host, now))
+        return local not in self._inside_only
 
     def _awaits_response_from(self, host: str) -> bool:
         """True when a live branch was sent to ``host`` (an in-dialog hop a Route named).

@@ -34,7 +34,7 @@ from sipedge.transport.base import (
     run,
 )
 from sipedge.transport.tcp import StreamTable
-from sipedge.transport.tls import client_context, server_context
+from sipedge.transport.tls import TLS_INBOUND_FAILURE_REASONS, client_context, server_context
 from sipedge.transport.udp import UdpListener, open_udp_listener
 
 __all__ = [
@@ -216,6 +216,19 @@ class Transports:
         ``expired``, ``hostname_mismatch``, ``protocol_version``, …), present once seen.
         """
         return dict(self._streams.tls_failures) if self._streams is not None else {}
+
+    @property
+    def tls_inbound_failures(self) -> Mapping[str, int]:
+        """Failed handshakes of peers connecting to our TLS listeners, by reason.
+
+        A live read-only view of ``StreamTable.tls_inbound_failures``: every reason of
+        ``sipedge.transport.tls.TLS_INBOUND_FAILURE_REASONS`` (``protocol_version``,
+        ``not_tls``, ``certificate``, ``timeout``, ``closed``, ``handshake_failed``) is
+        present, zero until seen and before :meth:`start`.
+        """
+        if self._streams is None:
+            return dict.fromkeys(TLS_INBOUND_FAILURE_REASONS, 0)
+        return MappingProxyType(self._streams.tls_inbound_failures)
 
     @property
     def stream_closes(self) -> Mapping[StreamCloseReason, int]:

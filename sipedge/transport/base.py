@@ -68,6 +68,21 @@ class MessageSink(Protocol):
         """
         ...
 
+    def is_answerable(self, peer: Endpoint, local: Endpoint, now: float) -> bool:
+        """Whether the transport may answer ``peer`` itself (a query; no side effects).
+
+        Asked before the one answer a transport builds on its own, the stream 513 for
+        a message too large to read: a source the proxy does not serve (a stranger
+        under ``reject_unknown = "drop"``, the wrong side, a banned source) gets the
+        connection closed without a byte instead.
+
+        Args:
+            peer: where the message came from.
+            local: the listener it arrived on.
+            now: ``loop.time()``.
+        """
+        ...
+
 
 class Sender(Protocol):
     """The one call the driver makes into the transports."""
@@ -112,6 +127,9 @@ class StreamCloseReason(enum.Enum):
     FIRST_BYTE_TIMEOUT = "first_byte_timeout"  # nothing sent within ``first_byte_timeout_s``
     MESSAGE_TIMEOUT = "message_timeout"  # a message begun, unfinished after ``message_timeout_s``
     TOO_LARGE = "too_large"  # Content-Length makes the message exceed ``max_message`` (513)
+    # The same, from a source the sink says not to answer (a stranger, by default):
+    # closed without a byte back, as the core drops a stranger's datagram.
+    TOO_LARGE_DROPPED = "too_large_dropped"
     HEADERS_TOO_LARGE = "headers_too_large"  # ``max_message`` bytes and still no CRLF CRLF
     FRAMING_ERROR = "framing_error"  # Content-Length missing, malformed or conflicting
     IDLE_TIMEOUT = "idle_timeout"  # between messages, no bytes either way for ``idle_timeout_s``
@@ -136,7 +154,10 @@ class StreamSettings:
             much shorter ``first_byte_timeout_s`` / ``message_timeout_s``.
         connect_timeout_s: TCP connect plus TLS handshake budget. Below Twilio's 4 s
             "no provisional reply" failover timer would starve the handshake on a slow
-            link; above it the proxy core has already failed over anyway.
+            link; above it the proxy core has already failed over anyway. It also
+            bounds the handshake of a peer connecting to a TLS listener (the TLS form
+            of slowloris; past it the connection is aborted and counted ``timeout`` in
+            ``StreamTable.tls_inbound_failures``).
         keepalive_s: an outbound connection with no bytes either way for this long gets a
             double-CRLF keep-alive ping (RFC 5626 §4.4.1; the gateway answers a single
             CRLF), so NATs and firewalls on the private link keep the flow; 0 disables.
@@ -173,7 +194,10 @@ class StreamSettings:
         max_message: largest framed message accepted, header block plus body
             (Kamailio's ``tcp_rd_buf_size`` plays this role). A Content-Length that
             makes a request larger is answered ``513 Message Too Large`` (RFC 3261
-            §21.5.14) and the connection closed (``TOO_LARGE``); a header block that
+            §21.5.14) and the connection closed (``TOO_LARGE``), unless the sink's
+            ``is_answerable`` says the source gets nothing (a stranger under
+            ``reject_unknown = "drop"``): then it is only closed
+            (``TOO_LARGE_DROPPED``); a header block that
             passes it without CRLF CRLF is closed unanswered (``HEADERS_TOO_LARGE``).
             The read buffer of a connection never holds more than this plus one read.
         write_high_water: write buffer size at which reading from that peer pauses

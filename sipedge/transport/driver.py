@@ -63,6 +63,14 @@ class CoreDriver:
             self._internal_error("transport_error", dest)
         self.flush()
 
+    def is_answerable(self, peer: Endpoint, local: Endpoint, now: float) -> bool:
+        try:
+            return self.core.is_answerable(peer, local, now)
+        except Exception:
+            # A bug must not answer a stranger: say no (silence is the safe default).
+            self._internal_error("is_answerable", peer)
+            return False
+
     def _internal_error(self, where: str, endpoint: Endpoint) -> None:
         self.internal_errors += 1
         self._limited.log(logging.ERROR, f"internal:{where}",

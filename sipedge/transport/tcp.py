@@ -16,6 +16,18 @@ Theory of operation:
   version) is an operator-visible fact, not a routine connect failure: one WARNING
   line (rate-limited) names the destination, the server name it was checked against
   and the reason, and ``StreamTable.tls_failures`` counts it by reason for metrics.
+* A TLS listener is not ``loop.create_server(ssl=...)``: there the loop runs the
+  handshake before any protocol of ours exists and drops a failure silently (asyncio
+  and uvloop alike), so a PBX offering TLS 1.1, or sending plain SIP to the TLS port,
+  would leave no trace. The table binds the socket itself, accepts plain TCP in a
+  reader callback and hands each accepted socket to ``loop.connect_accepted_socket``
+  with the server context and the same ``ssl_handshake_timeout`` (the handshake's
+  slowloris bound), which raises what went wrong: one rate-limited WARNING names the
+  peer and the reason, and ``StreamTable.tls_inbound_failures`` counts it. (Not
+  ``loop.start_tls`` on an accepted transport: uvloop starts reading right after
+  ``connection_made``, so a ClientHello could reach our protocol before the handshake
+  task ran and be lost.) Admission, framing and deadlines start once the handshake is
+  done, in ``connection_made``, exactly as before.
 * Each connection frames its byte stream with ``sipedge.sip.framing.StreamFramer``
   (Content-Length framing, RFC 3261 §18.3). A framing error is unrecoverable on a
   stream — the next message boundary is unknown — so the connection is closed.
@@ -29,8 +41,11 @@ Theory of operation:
     ``connection_made``, before a byte is read.
   - Read buffer: the framer holds at most ``max_message`` plus one read. A request
     whose Content-Length makes it larger is answered 513 built from its header block
-    (``answer_parse_error``, RFC 3261 §21.5.14) and closed; a header block that passes
-    the maximum without CRLF CRLF is closed unanswered.
+    (``answer_parse_error``, RFC 3261 §21.5.14) and closed, when the sink says the
+    source may be answered (``is_answerable``: the proxy core's access rules and
+    ``reject_unknown``; a stranger's is closed without a byte back, counted
+    ``TOO_LARGE_DROPPED``); a header block that passes the maximum without CRLF CRLF
+    is closed unanswered.
   - Slowloris: an accepted connection must send its first byte within
     ``first_byte_timeout_s``, and a message once begun must be whole within
     ``message_timeout_s`` — one byte every few seconds keeps ``last_activity`` fresh
@@ -54,6 +69,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import os
@@ -74,7 +90,11 @@ from sipedge.transport.base import (
     TransportError,
     TransportErrorReason,
 )
-from sipedge.transport.tls import handshake_failure
+from sipedge.transport.tls import (
+    TLS_INBOUND_FAILURE_REASONS,
+    handshake_failure,
+    inbound_handshake_failure,
+)
 from sipedge.transport.udp import peer_endpoint
 
 __all__ = ["StreamConnection", "StreamTable"]
@@ -91,6 +111,13 @@ _LINGER_S = 2.0
 #: while any slowloris deadline is enabled.
 _MIN_PERIOD_S = 0.05
 _DEADLINE_PERIOD_S = 1.0
+#: Connections a TLS listener accepts per readiness callback (asyncio's own server takes
+#: up to its backlog per wake-up; a bounded batch keeps one burst from holding the loop).
+_ACCEPT_BATCH = 64
+#: accept() errors that mean "out of descriptors or memory": accepting pauses this long
+#: instead of spinning on a listener that stays readable (asyncio's server does the same).
+_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_RETRY_S = 1.0
 #: Refusals at admission (logged at WARNING: the operator may need to raise a cap).
 _LIMITS = frozenset({StreamCloseReason.TOTAL_LIMIT, StreamCloseReason.PER_IP_LIMIT})
 #: Closes the sink hears about as a transport error: the peer had sent (part of) a
@@ -99,6 +126,7 @@ _LIMITS = frozenset({StreamCloseReason.TOTAL_LIMIT, StreamCloseReason.PER_IP_LIM
 _REPORTED = frozenset({
     StreamCloseReason.MESSAGE_TIMEOUT,
     StreamCloseReason.TOO_LARGE,
+    StreamCloseReason.TOO_LARGE_DROPPED,
     StreamCloseReason.HEADERS_TOO_LARGE,
     StreamCloseReason.FRAMING_ERROR,
     StreamCloseReason.WRITE_STALLED,
@@ -299,6 +327,12 @@ class StreamConnection(asyncio.Protocol):
         if head is None:  # max_message bytes and still no CRLF CRLF: nothing to answer
             self._close_for(StreamCloseReason.HEADERS_TOO_LARGE, exc.reason)
             return
+        assert self.peer is not None
+        if not self._table.sink.is_answerable(self.peer, self.local, now):
+            # The core would not answer this source (reject_unknown = "drop" for a
+            # stranger, the default): no 513, so a scanner learns nothing here either.
+            self._close_for(StreamCloseReason.TOO_LARGE_DROPPED, exc.reason)
+            return
         # RFC 3261 §21.5.14 513 Message Too Large, when the header block is a request
         # with Via/From/To/Call-ID/CSeq to copy (answer_parse_error returns None for a
         # response or when one is missing); sent back over this connection (§18.2.2).
@@ -326,13 +360,34 @@ class StreamConnection(asyncio.Protocol):
 
 
 class _Listener:
-    """A stream listener: the asyncio server plus its bound endpoint."""
+    """A stream listener and its bound endpoint.
 
-    __slots__ = ("local", "server")
+    TCP: ``server`` (the loop's). TLS: ``sock`` (bound and accepted by the table,
+    watched with ``loop.add_reader``; see the module docstring), ``ssl`` its context,
+    ``retry`` the timer that resumes accepting after descriptors ran out.
+    """
+
+    __slots__ = ("local", "retry", "server", "sock", "ssl")
 
     def __init__(self, local: Endpoint) -> None:
         self.local = local
         self.server: asyncio.Server | None = None
+        self.sock: socket.socket | None = None
+        self.ssl: ssl.SSLContext | None = None
+        self.retry: asyncio.TimerHandle | None = None
+
+    def close(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop accepting (idempotent); accepted connections are not touched."""
+        if self.server is not None:
+            self.server.close()
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+        sock = self.sock
+        if sock is not None:
+            self.sock = None
+            loop.remove_reader(sock.fileno())
+            sock.close()
 
 
 class StreamTable:
@@ -351,6 +406,9 @@ class StreamTable:
         tls_failures: failed outbound TLS handshakes by reason (the keys are
             ``sipedge.transport.tls.TLS_FAILURE_REASONS``; a reason appears once seen),
             read at scrape time by the metrics.
+        tls_inbound_failures: failed handshakes of peers connecting to a TLS listener,
+            by reason (every ``sipedge.transport.tls.TLS_INBOUND_FAILURE_REASONS`` is a
+            key from the start); monotonic counters.
         closes: connections refused or closed by the table, by reason (every
             :class:`StreamCloseReason` is a key from the start, so a collector can
             export zeros); monotonic counters, never reset.
@@ -372,9 +430,13 @@ class StreamTable:
         self._sni_for = sni_for
         self.connections: dict[Endpoint, StreamConnection] = {}
         self.tls_failures: dict[str, int] = {}
-        self._limited = RateLimitedLogger(_log)
+        self.tls_inbound_failures: dict[str, int] = dict.fromkeys(TLS_INBOUND_FAILURE_REASONS, 0)
         self._open: set[StreamConnection] = set()  # everything not yet connection_lost
         self._connecting: set[asyncio.Task[None]] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()  # inbound TLS, not yet connected
+        # Accepted sockets whose handshake task has not started yet: close() closes them,
+        # since a task cancelled before its first step never runs its body.
+        self._unclaimed: set[socket.socket] = set()
         self._listeners: list[_Listener] = []
         self._closing = False
         self.closes: dict[StreamCloseReason, int] = dict.fromkeys(StreamCloseReason, 0)
@@ -406,6 +468,8 @@ class StreamTable:
         """
         listener = _Listener(local)
         name = local.transport
+        if server_ssl is not None:
+            return self._listen_tls(listener, server_ssl)
 
         def factory() -> StreamConnection:
             return StreamConnection(self, name, listener.local)
@@ -418,8 +482,6 @@ class StreamTable:
                 family=socket.AF_INET6 if ":" in local.host else socket.AF_INET,
                 reuse_address=True,
                 backlog=1024,
-                ssl=server_ssl,
-                ssl_handshake_timeout=self.settings.connect_timeout_s if server_ssl else None,
             )
         except OSError as exc:
             raise TransportError(TransportErrorReason.BIND_FAILED, f"{local}: {exc}") from exc
@@ -427,6 +489,83 @@ class StreamTable:
         listener.local = peer_endpoint(name, server.sockets[0].getsockname())
         self._listeners.append(listener)
         return listener.local
+
+    def _listen_tls(self, listener: _Listener, server_ssl: ssl.SSLContext) -> Endpoint:
+        local = listener.local
+        family = socket.AF_INET6 if ":" in local.host else socket.AF_INET
+        try:
+            # The options create_server would set: SO_REUSEADDR, IPV6_V6ONLY for AF_INET6.
+            sock = socket.create_server((local.host, local.port), family=family, backlog=1024)
+        except OSError as exc:
+            raise TransportError(TransportErrorReason.BIND_FAILED, f"{local}: {exc}") from exc
+        sock.setblocking(False)
+        listener.sock = sock
+        listener.ssl = server_ssl
+        listener.local = peer_endpoint(local.transport, sock.getsockname())
+        self.loop.add_reader(sock.fileno(), self._accept_tls, listener)
+        self._listeners.append(listener)
+        return listener.local
+
+    def _accept_tls(self, listener: _Listener) -> None:
+        """Readiness callback of a TLS listener: accept, then handshake in a task each."""
+        sock = listener.sock
+        if sock is None or self._closing:
+            return
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn_sock, address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # the backlog is empty
+            except ConnectionAbortedError:
+                continue  # reset while in the backlog: nothing to hand over
+            except OSError as exc:
+                if exc.errno in _ACCEPT_EXHAUSTED:
+                    self._limited.log(logging.WARNING, "tls accept", "accept on %s: %s; "
+                                      "pausing for %.0f s", listener.local, exc, _ACCEPT_RETRY_S)
+                    self.loop.remove_reader(sock.fileno())
+                    listener.retry = self.loop.call_later(
+                        _ACCEPT_RETRY_S, self._resume_accept, listener)
+                else:
+                    self._limited.log(logging.WARNING, "tls accept", "accept on %s: %s",
+                                      listener.local, exc)
+                return
+            conn_sock.setblocking(False)
+            self._unclaimed.add(conn_sock)
+            task = self.loop.create_task(self._handshake(conn_sock, address, listener))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    def _resume_accept(self, listener: _Listener) -> None:
+        listener.retry = None
+        if listener.sock is not None and not self._closing:
+            self.loop.add_reader(listener.sock.fileno(), self._accept_tls, listener)
+
+    async def _handshake(
+        self, sock: socket.socket, address: tuple[str, int], listener: _Listener
+    ) -> None:
+        """The TLS handshake of one accepted socket; a failure is counted and logged."""
+        self._unclaimed.discard(sock)  # the loop owns it from here, closes it on failure
+        assert listener.ssl is not None
+        conn = StreamConnection(self, listener.local.transport, listener.local)
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: conn,
+                sock,
+                ssl=listener.ssl,
+                ssl_handshake_timeout=self.settings.connect_timeout_s,
+            )
+        except Exception as exc:  # the peer's doing, a value (house rule 6): count it
+            self._tls_refused(peer_endpoint(listener.local.transport, address), exc)
+        # Success: StreamConnection.connection_made ran (admission, deadlines) already.
+
+    def _tls_refused(self, peer: Endpoint, exc: Exception) -> None:
+        reason, detail = inbound_handshake_failure(exc)
+        self.tls_inbound_failures[reason] += 1
+        # A bare connect-and-close is what TCP health checks and port scans do: counted,
+        # but not worth a WARNING each time; every other reason may be a peer to fix.
+        level = logging.INFO if reason == "closed" else logging.WARNING
+        self._limited.log(level, f"tls-in {reason}", "inbound TLS handshake from %s failed "
+                          "(%s): %s", peer, reason, detail)
 
     def admit(self, conn: StreamConnection) -> bool:
         """Enter an accepted connection in the table, unless over a cap or closing.
@@ -613,17 +752,15 @@ class StreamTable:
     def stop_listening(self) -> None:
         """Stop accepting new connections (existing ones keep working)."""
         for listener in self._listeners:
-            if listener.server is not None:
-                listener.server.close()
+            listener.close(self.loop)
 
     def unlisten(self, endpoints: set[Endpoint]) -> None:
         """Close the listeners bound to ``endpoints``; their connections stay."""
         for listener in [lst for lst in self._listeners if lst.local in endpoints]:
             self._listeners.remove(listener)
-            if listener.server is not None:
-                # Not wait_closed(): uvloop's (and 3.12's) waits for every connection the
-                # listener accepted to end, and those are calls that must go on.
-                listener.server.close()
+            # Not wait_closed(): uvloop's (and 3.12's) waits for every connection the
+            # listener accepted to end, and those are calls that must go on.
+            listener.close(self.loop)
 
     def pending_bytes(self) -> int:
         """Bytes still buffered across all connections (for a bounded drain)."""
@@ -636,8 +773,11 @@ class StreamTable:
             self._reaper.cancel()
             self._reaper = None
         self.stop_listening()
-        for task in self._connecting:
-            task.cancel()
+        for task in self._connecting | self._handshakes:
+            task.cancel()  # a handshake cancelled in progress: the loop closes its socket
+        for sock in self._unclaimed:
+            sock.close()
+        self._unclaimed.clear()
         for conn in list(self._open):
             conn.close()
 
@@ -651,8 +791,8 @@ class StreamTable:
         for listener in self._listeners:
             if listener.server is not None:
                 await listener.server.wait_closed()
-        if self._connecting:
-            await asyncio.gather(*self._connecting, return_exceptions=True)
+        if self._connecting or self._handshakes:
+            await asyncio.gather(*self._connecting, *self._handshakes, return_exceptions=True)
         waits = [conn.closed.wait() for conn in self._open]
         if not waits:
             return

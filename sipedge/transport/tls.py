@@ -11,7 +11,10 @@ builds the contexts from :class:`~sipedge.transport.base.TlsSettings`.
   SNI — the localized domain, e.g. ``example.sip.ashburn-ix.twilio.com``.
 * Server context (for PBXs or Twilio connecting to us): our certificate chain,
   TLS 1.2 minimum; client certificates are not requested because sources are
-  admitted by the address ACL of the proxy core, as for UDP and TCP.
+  admitted by the address ACL of the proxy core, as for UDP and TCP. The stream table
+  accepts TLS connections as plain TCP and hands each socket to the loop's TLS
+  (``loop.connect_accepted_socket``) itself, so a failed inbound handshake is an
+  exception it sees, not one the loop swallows.
 
 Policy, pinned here and in ``tests/transport/test_tls_hardening.py``:
 
@@ -42,7 +45,10 @@ Policy, pinned here and in ``tests/transport/test_tls_hardening.py``:
   are OpenSSL's three AEAD ones. A test fails if that default ever loosens.
 
 A failed handshake to a destination is classified by :func:`handshake_failure` so
-the stream table can log one line naming the peer and the reason, and count it.
+the stream table can log one line naming the peer and the reason, and count it; a
+failed handshake of a peer connecting to us, by :func:`inbound_handshake_failure`
+(a TLS 1.0/1.1 client, a plain-text SIP message on the TLS port, a client that does
+not trust our certificate, a handshake not finished in time).
 """
 
 from __future__ import annotations
@@ -51,7 +57,14 @@ import ssl
 
 from sipedge.transport.base import TlsSettings, TransportError, TransportErrorReason
 
-__all__ = ["TLS_FAILURE_REASONS", "client_context", "handshake_failure", "server_context"]
+__all__ = [
+    "TLS_FAILURE_REASONS",
+    "TLS_INBOUND_FAILURE_REASONS",
+    "client_context",
+    "handshake_failure",
+    "inbound_handshake_failure",
+    "server_context",
+]
 
 # No compression (CRIME) and no renegotiation; Python already sets OP_NO_COMPRESSION,
 # it is repeated so the policy does not depend on a default.
@@ -177,3 +190,66 @@ def handshake_failure(exc: ssl.SSLError) -> tuple[str, str]:
     if exc.reason in _VERSION_REASONS:
         return "protocol_version", f"TLS version refused: {text}"
     return "handshake_failed", f"TLS handshake failed: {text}"
+
+
+# What OpenSSL says when the first bytes on a TLS port are not a TLS record: the record
+# header's version field is not 3.x (a SIP request line, a CRLF keep-alive, random
+# bytes), or OpenSSL recognised an HTTP request or proxy CONNECT in them.
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST"})
+# The alerts a client sends when it refuses *our* certificate (RFC 8446 §6.2): it does
+# not know our CA, the certificate is expired, revoked, for another name or unusable.
+_CLIENT_REFUSED_CERT = frozenset({
+    "TLSV1_ALERT_UNKNOWN_CA",
+    "SSLV3_ALERT_BAD_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+})
+
+#: Every value :func:`inbound_handshake_failure` can return as its reason (metric labels).
+TLS_INBOUND_FAILURE_REASONS = (
+    "protocol_version",
+    "not_tls",
+    "certificate",
+    "timeout",
+    "closed",
+    "handshake_failed",
+)
+
+
+def inbound_handshake_failure(exc: BaseException) -> tuple[str, str]:
+    """Why the TLS handshake of a peer connecting to our listener failed.
+
+    Args:
+        exc: what ``loop.connect_accepted_socket`` raised (asyncio and uvloop raise
+            the same: ``ssl.SSLError`` for what OpenSSL refused or the peer's alert,
+            ``ConnectionAbortedError`` when ``ssl_handshake_timeout`` passed,
+            ``ConnectionResetError`` when the peer closed before finishing).
+
+    Returns:
+        ``(reason, detail)``: ``reason`` is one of :data:`TLS_INBOUND_FAILURE_REASONS`
+        (``protocol_version``: it offered only TLS 1.0/1.1; ``not_tls``: plain text or
+        garbage, typically a PBX sending SIP over TCP to the TLS port; ``certificate``:
+        it refused our certificate; ``timeout``; ``closed``: it went away mid-handshake,
+        e.g. a TCP port check; ``handshake_failed``: anything else); ``detail`` is the
+        log phrase with OpenSSL's text.
+    """
+    if isinstance(exc, ssl.SSLError):
+        text = exc.reason.lower().replace("_", " ") if exc.reason else str(exc)
+        if exc.reason in _VERSION_REASONS:
+            return "protocol_version", f"TLS version refused: {text}"
+        if exc.reason in _NOT_TLS:
+            return "not_tls", f"not a TLS client: {text}"
+        if exc.reason in _CLIENT_REFUSED_CERT:
+            return "certificate", f"the client refused our certificate: {text}"
+        if isinstance(exc, ssl.SSLEOFError):
+            return "closed", f"closed during the handshake: {text}"
+        return "handshake_failed", f"TLS handshake failed: {text}"
+    # Both loops abort a handshake past ssl_handshake_timeout with ConnectionAbortedError
+    # ("SSL handshake is taking longer than ...").
+    if isinstance(exc, ConnectionAbortedError | TimeoutError):
+        return "timeout", "no complete handshake within the handshake timeout"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return "closed", "closed during the handshake"
+    return "handshake_failed", f"TLS handshake failed: {exc or type(exc).__name__}"

@@ -4,7 +4,9 @@ product string leaves sipedge unless configured."""
 from __future__ import annotations
 
 from sipedge.proxy.events import DropReason
+from sipedge.proxy.settings import RejectUnknown
 from tests.helpers.wire import (
+    CALLEE,
     INSIDE,
     OUTSIDE,
     PBX,
@@ -15,6 +17,7 @@ from tests.helpers.wire import (
     header,
     make_request,
 )
+from tests.proxy.test_admission import harness, options
 from tests.proxy.test_core import invite
 
 
@@ -79,3 +82,33 @@ def test_a_route_set_longer_than_any_path_is_answered_513_cheaply() -> None:
     seventy = own.rsplit(b", ", 1)[0]
     ok = data.replace(own, seventy).replace(b"z9hG4bK-routes", b"z9hG4bK-routes70")
     assert len(calls(h.feed(ok, PBX))) == 1  # 70 (all ours, popped) still routes
+
+
+def test_is_answerable_follows_the_side_rules_and_reject_unknown() -> None:
+    # The query the stream transport asks before its own 513: the same verdicts as
+    # receive() gives a message from that source on that listener, and no side effect.
+    h = ProxyHarness()
+    h.bring_up()
+    now = h.now
+    before = (dict(h.core.stats.drops), h.core.stats.unknown_source_dropped)
+    assert h.core.is_answerable(PBX, INSIDE, now)
+    assert not h.core.is_answerable(PBX, OUTSIDE, now)  # wrong side
+    assert h.core.is_answerable(VIRGINIA[0], OUTSIDE, now)
+    assert not h.core.is_answerable(VIRGINIA[0], INSIDE, now)  # wrong side
+    assert not h.core.is_answerable(STRANGER, INSIDE, now)  # reject_unknown = "drop"
+    assert not h.core.is_answerable(STRANGER, OUTSIDE, now)
+    assert (dict(h.core.stats.drops), h.core.stats.unknown_source_dropped) == before
+    assert h.core.drain_events() == [] and h.core.drain_outbox() == []
+    forbidden = ProxyHarness(settings_overrides={"reject_unknown": RejectUnknown.FORBIDDEN})
+    forbidden.bring_up()
+    # As receive() answers a stranger's malformed request under "403" (the parse error).
+    assert forbidden.core.is_answerable(STRANGER, INSIDE, forbidden.now)
+
+
+def test_is_answerable_false_while_the_source_serves_a_ban() -> None:
+    h = harness(source_rate_per_s=10.0, source_burst=2.0, ban_s=30.0)
+    for i in range(3):
+        h.feed(options(i), PBX)  # the third empties the bucket: banned
+    assert not h.core.is_answerable(PBX, INSIDE, h.now)
+    assert h.core.is_answerable(CALLEE, INSIDE, h.now)  # another inside source
+    assert h.core.is_answerable(PBX, INSIDE, h.now + 31)  # the ban served

@@ -28,16 +28,24 @@ class Received:
 
 @dataclass
 class RecordingSink:
-    """A MessageSink that keeps everything it is given."""
+    """A MessageSink that keeps everything it is given.
+
+    ``strangers``: source hosts it says not to answer (``is_answerable``), as the proxy
+    core does for a source outside its ACL under ``reject_unknown = "drop"``.
+    """
 
     messages: list[Received] = field(default_factory=list)
     errors: list[Endpoint] = field(default_factory=list)
+    strangers: frozenset[str] = frozenset()
 
     def receive(self, data: bytes, peer: Endpoint, local: Endpoint, now: float) -> None:
         self.messages.append(Received(data, peer, local, now))
 
     def transport_error(self, dest: Endpoint, now: float) -> None:
         self.errors.append(dest)
+
+    def is_answerable(self, peer: Endpoint, local: Endpoint, now: float) -> bool:
+        return peer.host not in self.strangers
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:

@@ -68,3 +68,20 @@ async def test_driver_flushes_answers_and_arms_one_timer() -> None:
     assert driver._timer is not None
     driver.close()
     assert driver._timer is None
+
+
+class QueryBrokenCore(ProxyCore):
+    """A core whose is_answerable has a bug."""
+
+    def is_answerable(self, peer: Endpoint, local: Endpoint, now: float) -> bool:
+        raise KeyError("bug")
+
+
+async def test_driver_says_not_answerable_when_the_core_query_fails() -> None:
+    loop = asyncio.get_running_loop()
+    real = build_core(parse_config(LAB), loop.time())
+    core = QueryBrokenCore(real.settings, real.pool, real.schedule)
+    driver = CoreDriver(core, loop, lambda _event: None)
+    assert driver.is_answerable(PBX, INSIDE, loop.time()) is False  # silence, never a 513
+    assert driver.internal_errors == 1
+    assert CoreDriver(real, loop, lambda _event: None).is_answerable(PBX, INSIDE, loop.time())

@@ -16,10 +16,13 @@ from typing import cast
 
 import pytest
 
+from sipedge.config import parse_config
+from sipedge.daemon import build_core
 from sipedge.sip.address import Endpoint
 from sipedge.transport import StreamCloseReason, StreamSettings, Transports
+from sipedge.transport.driver import CoreDriver
 from sipedge.transport.tcp import StreamTable
-from tests.transport.conftest import RecordingSink, sip_request, until
+from tests.transport.conftest import RecordingSink, free_port, sip_request, until
 
 SERVER = "127.0.11.1"
 CLIENT_A = "127.0.11.2"
@@ -34,10 +37,13 @@ SLACK_S = 3.0
 
 
 class Server:
-    """A StreamTable listening on SERVER, with its sink; closed by ``aclose``."""
+    """A StreamTable listening on SERVER, with its sink; closed by ``aclose``.
 
-    def __init__(self, settings: StreamSettings) -> None:
-        self.sink = RecordingSink()
+    ``strangers``: client hosts the sink says not to answer (the core's ACL stand-in).
+    """
+
+    def __init__(self, settings: StreamSettings, strangers: frozenset[str] = frozenset()) -> None:
+        self.sink = RecordingSink(strangers=strangers)
         self.table = StreamTable(self.sink, asyncio.get_running_loop(), settings)
         self.local = Endpoint("tcp", SERVER, 0)
 
@@ -286,6 +292,82 @@ async def test_oversized_request_answered_513_then_closed() -> None:
         await srv.aclose()
 
 
+def _oversized_invite(n: int) -> bytes:
+    """An INVITE head announcing 5000 body bytes, and the start of that body."""
+    head = sip_request(n, method=b"INVITE").replace(b"Content-Length: 0", b"Content-Length: 5000")
+    return head + b"v=0\r\n" * 20
+
+
+async def test_oversized_request_from_stranger_closed_without_a_byte() -> None:
+    # CLIENT_B is not to be answered (a stranger under reject_unknown = "drop"); CLIENT_A
+    # is, on the same listener, with the same request.
+    srv = await Server(StreamSettings(max_message=1024), strangers=frozenset({CLIENT_B})).start()
+    try:
+        reader_b, writer_b = await _connect(srv.local, CLIENT_B)
+        writer_b.write(_oversized_invite(9))
+        assert await _read_to_close(reader_b, SLACK_S) == b""
+        await until(lambda: not srv.table.connections)
+        assert srv.closes() == {"TOO_LARGE_DROPPED": 1}
+        reader_a, writer_a = await _connect(srv.local, CLIENT_A)
+        writer_a.write(_oversized_invite(10))
+        got = await _read_to_close(reader_a, SLACK_S)
+        assert got.startswith(b"SIP/2.0 513 Message Too Large\r\n")
+        await until(lambda: not srv.table.connections)
+        assert srv.closes() == {"TOO_LARGE_DROPPED": 1, "TOO_LARGE": 1}
+        assert srv.sink.messages == []
+        for w in (writer_a, writer_b):
+            await _close(w)
+    finally:
+        await srv.aclose()
+
+
+def _proxy_config(inside: Endpoint, reject_unknown: str) -> str:
+    """A config whose inside listener is ``inside`` (TCP, on 127.0.11.0/24), allowing
+    CLIENT_A only; the outside and the gateway are never bound or reached here."""
+    return (
+        f'[inside]\nlisten = ["{inside}"]\nallow = ["{CLIENT_A}/32"]\n'
+        'pbx = "127.0.11.10:5060"\n'
+        '[outside]\nlisten = ["tcp:127.0.11.5:5060"]\ndomain = "example"\n'
+        '[[edges]]\nname = "ashburn-ix"\ngateways = ["127.0.11.64"]\n'
+        f'[inbound]\nreject_unknown = "{reject_unknown}"\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("reject_unknown", "stranger_answered"), [("drop", False), ("403", True)],
+)
+async def test_oversized_request_answered_as_the_core_decides(
+    reject_unknown: str, stranger_answered: bool
+) -> None:
+    """The real ProxyCore behind the driver: the allowed PBX gets 513 and a close; a
+    stranger gets what ``reject_unknown`` says (drop: a close, not a byte; 403: the
+    core answers a stranger's malformed requests, so the 513), a gateway on the
+    inside listener (the wrong side) nothing."""
+    loop = asyncio.get_running_loop()
+    inside = Endpoint("tcp", SERVER, free_port(SERVER))
+    core = build_core(parse_config(_proxy_config(inside, reject_unknown)), loop.time())
+    driver = CoreDriver(core, loop, lambda _event: None)
+    async with Transports(driver, settings=StreamSettings(max_message=1024)) as t:
+        driver.attach(t)
+        assert await t.start([inside]) == [inside]
+        answers = {}
+        for host in (CLIENT_A, CLIENT_B, "127.0.11.64"):
+            reader, writer = await _connect(inside, host)
+            writer.write(_oversized_invite(11))
+            answers[host] = (await _read_to_close(reader, SLACK_S)).split(b"\r\n", 1)[0]
+            await _close(writer)
+        await until(lambda: t.connection_count == 0)
+        closes = {r.value: n for r, n in t.stream_closes.items() if n}
+    driver.close()
+    status = b"SIP/2.0 513 Message Too Large"
+    assert answers == {CLIENT_A: status, CLIENT_B: status if stranger_answered else b"",
+                       "127.0.11.64": b""}
+    assert closes == ({"too_large": 2, "too_large_dropped": 1} if stranger_answered
+                      else {"too_large": 1, "too_large_dropped": 2})
+    assert driver.internal_errors == 0
+    assert core.stats.requests_received == 0  # none of them was read
+
+
 async def test_oversized_response_closed_without_answer() -> None:
     srv = await Server(StreamSettings(max_message=1024)).start()
     try:
@@ -424,6 +506,8 @@ def test_deadlines_and_513_under_uvloop() -> None:
         await test_connection_that_never_sends_closed_after_first_byte_deadline()
         await test_trickling_sender_closed_at_message_deadline()
         await test_oversized_request_answered_513_then_closed()
+        await test_oversized_request_from_stranger_closed_without_a_byte()
+        await test_oversized_request_answered_as_the_core_decides("drop", False)
         await test_per_ip_cap_refuses_next_from_that_ip_while_other_ip_admitted()
 
     run(scenario())

@@ -5,19 +5,27 @@ client context (type and verify code), what the stream table makes of it (one
 ``transport_error`` for the destination, so the proxy core fails over), and the one
 WARNING line naming the destination, its server name and the reason, plus the counter.
 
+Inbound (peers connecting to the sipedge TLS listener), each refused handshake is
+counted by reason in ``tls_inbound_failures`` (``sipedge_tls_inbound_failures_total``)
+with one log line naming the peer, the connection is closed, and a good client still
+gets through the same listener afterwards.
+
 Addresses: 127.0.12.0/24 only, ephemeral ports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import re
 import shutil
 import socket
 import ssl
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -31,9 +39,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sipedge.config import ConfigError, parse_config
+from sipedge.metrics import exposition, make_registry
 from sipedge.sip.address import Endpoint
-from sipedge.transport import TlsSettings, Transports
-from sipedge.transport.tls import TLS_FAILURE_REASONS, client_context, server_context
+from sipedge.transport import StreamSettings, TlsSettings, Transports
+from sipedge.transport.driver import CoreDriver
+from sipedge.transport.tls import (
+    TLS_FAILURE_REASONS,
+    TLS_INBOUND_FAILURE_REASONS,
+    client_context,
+    server_context,
+)
+from tests.helpers.wire import ProxyHarness
 from tests.transport.conftest import RecordingSink, sip_request, until
 
 HOST_A = "127.0.12.1"  # sipedge (the side that connects)
@@ -50,6 +66,7 @@ TCP_LOG = "sipedge.transport.tcp"
 class Pki:
     cafile: str
     certs: dict[str, tuple[str, str]]  # name -> (certfile, keyfile)
+    other_cafile: str  # a CA that issued "other_ca" and not our listener's certificate
 
     def server(self, name: str) -> TlsSettings:
         certfile, keyfile = self.certs[name]
@@ -128,9 +145,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         (d / f"{name}.pem").write_bytes(cert_pem)
         (d / f"{name}.key").write_bytes(key_pem)
         certs[name] = (str(d / f"{name}.pem"), str(d / f"{name}.key"))
-    cafile = d / "ca.pem"
+    cafile, other_cafile = d / "ca.pem", d / "other_root.pem"
     ca.cert_pem.write_to_path(str(cafile))
-    return Pki(str(cafile), certs)
+    other.cert_pem.write_to_path(str(other_cafile))
+    return Pki(str(cafile), certs, str(other_cafile))
 
 
 def _legacy_context(purpose: int, maximum: str) -> ssl.SSLContext:
@@ -457,7 +475,7 @@ async def test_tls_listener_refuses_legacy_versions(pki: Pki, maximum: str) -> N
         # a reset; once the fix lands it sees the alert. Either way: refused.
         if isinstance(info.value, ssl.SSLError):
             assert info.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION"
-        await asyncio.sleep(0.02)
+        await until(lambda: t.tls_inbound_failures["protocol_version"] == 1)
         assert sink.messages == [] and t.connection_count == 0
 
 
@@ -509,10 +527,271 @@ async def test_tls_listener_versions_seen_by_openssl_s_client(
             stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await asyncio.wait_for(proc.communicate(b""), 10)
+        if not accepted:
+            await until(lambda: t.tls_inbound_failures["protocol_version"] == 1)
+        refused = {k: n for k, n in t.tls_inbound_failures.items() if n}
     text = out.decode(errors="replace")
     if accepted:
         assert proc.returncode == 0, text
         assert "Verify return code: 0 (ok)" in text
+        assert refused == {}
     else:
         assert proc.returncode != 0, text
         assert "no peer certificate available" in text
+        assert refused == {"protocol_version": 1}
+
+
+# -- inbound: every refused handshake counted by reason, logged, closed ------------------
+
+#: The listener's handshake budget, shrunk so the silent client's timeout is quick.
+HANDSHAKE_S = 0.5
+TLS_LISTENER_SETTINGS = StreamSettings(connect_timeout_s=HANDSHAKE_S)
+
+
+async def _read_to_close(reader: asyncio.StreamReader) -> bytes:
+    """Everything the listener sends until it closes (FIN or RST)."""
+    got = b""
+    with contextlib.suppress(ConnectionError):
+        while chunk := await asyncio.wait_for(reader.read(65536), 5):
+            got += chunk
+    return got
+
+
+async def _legacy_client(pki: Pki, local: Endpoint, maximum: str) -> None:
+    legacy = _legacy_context(ssl.PROTOCOL_TLS_CLIENT, maximum)
+    legacy.load_verify_locations(pki.cafile)
+    with pytest.raises((ConnectionResetError, ssl.SSLError)):  # see the test above
+        await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, local.host, local.port, ssl=legacy, server_hostname=DOMAIN,
+            local_addr=(HOST_A, 0),
+        )
+
+
+async def _tls11_client(pki: Pki, local: Endpoint) -> None:
+    await _legacy_client(pki, local, "TLSv1_1")
+
+
+async def _tls10_client(pki: Pki, local: Endpoint) -> None:
+    await _legacy_client(pki, local, "TLSv1")
+
+
+async def _plaintext_sip_client(pki: Pki, local: Endpoint) -> None:
+    # A PBX configured for transport=tcp toward the TLS port: a SIP request in clear.
+    reader, writer = await asyncio.open_connection(local.host, local.port, local_addr=(HOST_A, 0))
+    writer.write(sip_request(1))
+    assert await _read_to_close(reader) == b""  # closed, not a byte back
+    writer.close()
+
+
+async def _untrusting_client(pki: Pki, local: Endpoint) -> None:
+    # A client whose CA bundle does not hold our CA refuses our certificate with an
+    # unknown_ca alert, which the server reads as the handshake's end (TLS 1.3: instead
+    # of the client's Finished). Blocking sockets on a thread, as a PBX's OpenSSL does
+    # it: an asyncio client would close without flushing the alert (cpython gh-98078)
+    # and the listener could only count "closed".
+    ctx = client_context(TlsSettings(pki.other_cafile))
+
+    def connect() -> None:
+        with (
+            socket.create_connection((local.host, local.port), 5, (HOST_A, 0)) as raw,
+            pytest.raises(ssl.SSLCertVerificationError),
+        ):
+            ctx.wrap_socket(raw, server_hostname=DOMAIN)
+
+    await asyncio.get_running_loop().run_in_executor(None, connect)
+
+
+async def _connect_and_close_client(pki: Pki, local: Endpoint) -> None:
+    # A TCP port check (a load balancer, keepalived, a scanner): connect, close.
+    _, writer = await asyncio.open_connection(local.host, local.port, local_addr=(HOST_A, 0))
+    writer.close()
+
+
+async def _silent_client(pki: Pki, local: Endpoint) -> None:
+    # Connects and never sends a ClientHello: the handshake deadline closes it.
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    reader, writer = await asyncio.open_connection(local.host, local.port, local_addr=(HOST_A, 0))
+    assert await _read_to_close(reader) == b""
+    assert loop.time() - start >= HANDSHAKE_S
+    writer.close()
+
+
+@dataclass(frozen=True)
+class InboundRefusal:
+    client: Callable[[Pki, Endpoint], Awaitable[None]]
+    reason: str  # the counter key
+    level: int  # of the one log line
+    detail: str  # the end of the log line
+
+
+INBOUND_REFUSALS = {
+    "tls1.1-client": InboundRefusal(
+        _tls11_client, "protocol_version", logging.WARNING,
+        "TLS version refused: unsupported protocol",
+    ),
+    "tls1.0-client": InboundRefusal(
+        _tls10_client, "protocol_version", logging.WARNING,
+        "TLS version refused: unsupported protocol",
+    ),
+    "plaintext-sip": InboundRefusal(
+        _plaintext_sip_client, "not_tls", logging.WARNING,
+        "not a TLS client: wrong version number",
+    ),
+    "client-refuses-our-certificate": InboundRefusal(
+        _untrusting_client, "certificate", logging.WARNING,
+        "the client refused our certificate: tlsv1 alert unknown ca",
+    ),
+    "silent-until-deadline": InboundRefusal(
+        _silent_client, "timeout", logging.WARNING,
+        "no complete handshake within the handshake timeout",
+    ),
+    "connect-and-close": InboundRefusal(
+        _connect_and_close_client, "closed", logging.INFO, "closed during the handshake",
+    ),
+}
+
+
+async def _good_client_completes(pki: Pki, local: Endpoint, sink: RecordingSink, n: int) -> None:
+    """A client that trusts our CA and speaks TLS ≥ 1.2 delivers request ``n``."""
+    async with Transports(
+        RecordingSink(), tls=TlsSettings(pki.cafile), sni_for=lambda _: DOMAIN
+    ) as client:
+        (client_local,) = await client.start([Endpoint("tcp", HOST_A, 0)])
+        client.send(sip_request(n), local, client_local)
+        await until(lambda: len(sink.messages) == 1)
+    assert sink.messages[0].data == sip_request(n)
+    assert sink.messages[0].peer.host == HOST_A
+
+
+async def _check_inbound_refusal(
+    pki: Pki, case: InboundRefusal, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.clear()
+    sink = RecordingSink()
+    async with Transports(sink, settings=TLS_LISTENER_SETTINGS, tls=pki.server("good")) as t:
+        (local,) = await t.start([Endpoint("tls", HOST_B, 0)])
+        assert set(t.tls_inbound_failures) == set(TLS_INBOUND_FAILURE_REASONS)
+        assert not any(t.tls_inbound_failures.values())
+        await case.client(pki, local)
+        await until(lambda: t.tls_inbound_failures[case.reason] == 1)
+        await asyncio.sleep(0.05)  # nothing else follows
+        assert {k: n for k, n in t.tls_inbound_failures.items() if n} == {case.reason: 1}
+        assert sink.messages == [] and sink.errors == []
+        assert t.connection_count == 0
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == TCP_LOG]
+        assert len(lines) == 1, lines
+        level, message = lines[0]
+        assert level == case.level
+        pattern = (rf"inbound TLS handshake from tls:{re.escape(HOST_A)}:\d+ failed "
+                   rf"\({case.reason}\): {re.escape(case.detail)}")
+        assert re.fullmatch(pattern, message), message
+        # The listener is unharmed: a good client completes, and nothing more is counted.
+        await _good_client_completes(pki, local, sink, 7)
+        assert sum(t.tls_inbound_failures.values()) == 1
+
+
+@pytest.mark.parametrize("case", list(INBOUND_REFUSALS.values()), ids=list(INBOUND_REFUSALS))
+async def test_tls_listener_counts_refused_handshake_by_reason_and_logs_peer(
+    pki: Pki, case: InboundRefusal, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=TCP_LOG)
+    await _check_inbound_refusal(pki, case, caplog)
+
+
+def test_tls_listener_refusals_counted_under_uvloop(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same counts on uvloop (the production loop on Linux), every case; then a
+    shutdown with handshakes in progress."""
+    pytest.importorskip("uvloop")
+    from sipedge.transport import run
+
+    caplog.set_level(logging.INFO, logger=TCP_LOG)
+
+    async def scenario() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        for case in INBOUND_REFUSALS.values():
+            await _check_inbound_refusal(pki, case, caplog)
+        await _check_close_during_handshake(pki)
+
+    run(scenario())
+
+
+async def test_tls_inbound_failures_on_metrics_and_log_rate_limited(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=TCP_LOG)
+    h = ProxyHarness()
+    h.start()
+    driver = CoreDriver(h.core, asyncio.get_running_loop(), lambda _event: None)
+    sink = RecordingSink()
+    try:
+        async with Transports(sink, settings=TLS_LISTENER_SETTINGS, tls=pki.server("good")) as t:
+            registry = make_registry(lambda: driver, transports=lambda: t, process=False)
+            (local,) = await t.start([Endpoint("tls", HOST_B, 0)])
+            for n in range(1, 8):
+                await _plaintext_sip_client(pki, local)
+                await until(lambda n=n: t.tls_inbound_failures["not_tls"] == n)  # type: ignore[misc]
+            await _tls11_client(pki, local)
+            await until(lambda: t.tls_inbound_failures["protocol_version"] == 1)
+            await _good_client_completes(pki, local, sink, 8)
+            body = exposition(registry).decode()
+    finally:
+        driver.close()
+    series = dict(re.findall(r'^sipedge_tls_inbound_failures_total\{reason="(\w+)"\} (\S+)$',
+                             body, re.MULTILINE))
+    assert series == {why: "0.0" for why in TLS_INBOUND_FAILURE_REASONS} | {
+        "not_tls": "7.0", "protocol_version": "1.0"}
+    warned = [r for r in caplog.records if r.name == TCP_LOG and r.levelno == logging.WARNING]
+    # RateLimitedLogger's burst per reason: 5 of the 7 plain-text lines, the TLS 1.1 one.
+    assert [r.getMessage().split("(")[1].split(")")[0] for r in warned] == [
+        "not_tls"] * 5 + ["protocol_version"]
+
+
+async def test_tls_listener_deadlines_kept_handshake_then_first_byte(pki: Pki) -> None:
+    """Two slowloris bounds in a row, as before: the handshake (``connect_timeout_s``,
+    counted ``timeout`` above), then, once it is done, ``first_byte_timeout_s`` for the
+    first SIP byte (a stream close, not a TLS failure)."""
+    settings = StreamSettings(connect_timeout_s=HANDSHAKE_S, first_byte_timeout_s=0.3)
+    loop = asyncio.get_running_loop()
+    async with Transports(RecordingSink(), settings=settings, tls=pki.server("good")) as t:
+        (local,) = await t.start([Endpoint("tls", HOST_B, 0)])
+        ctx = client_context(TlsSettings(pki.cafile))
+        start = loop.time()
+        reader, writer = await asyncio.open_connection(
+            local.host, local.port, ssl=ctx, server_hostname=DOMAIN, local_addr=(HOST_A, 0)
+        )
+        await until(lambda: t.connection_count == 1)  # handshake done: admitted
+        assert await _read_to_close(reader) == b""
+        assert loop.time() - start >= 0.3
+        writer.close()
+        await until(lambda: t.connection_count == 0)
+        closes = {r.value: n for r, n in t.stream_closes.items() if n}
+        assert closes == {"first_byte_timeout": 1}
+        assert not any(t.tls_inbound_failures.values())
+
+
+async def test_tls_listener_close_during_handshake_counts_nothing_frees_fds(pki: Pki) -> None:
+    await _check_close_during_handshake(pki)
+
+
+async def _check_close_during_handshake(pki: Pki) -> None:
+    loop = asyncio.get_running_loop()
+    fds = len(os.listdir("/proc/self/fd"))
+    t = Transports(RecordingSink(), tls=pki.server("good"))  # 5 s handshake budget
+    (local,) = await t.start([Endpoint("tls", HOST_B, 0)])
+    silent = [
+        await asyncio.open_connection(local.host, local.port, local_addr=(HOST_A, 0))
+        for _ in range(5)
+    ]
+    await asyncio.sleep(0.05)  # accepted, handshakes waiting for a ClientHello
+    start = loop.time()
+    await t.aclose()
+    assert loop.time() - start < 1.0  # cancelled, not waited out
+    for reader, writer in silent:
+        assert await _read_to_close(reader) == b""
+        writer.close()
+    await asyncio.sleep(0.05)
+    assert not any(t.tls_inbound_failures.values())  # our shutdown is not the peer's fault
+    assert len(os.listdir("/proc/self/fd")) == fds
