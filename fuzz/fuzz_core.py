@@ -38,8 +38,8 @@ is a crash):
 3. a stranger's op produces no ``Send`` and no state (``reject_unknown`` = drop, the
    default); nothing goes to the stranger's address unless a trusted peer named it;
 4. after the last op: the clock advanced 100 s with no input (table sizes recorded),
-   then to +600 s (every transaction, branch and context gone, the timer heap back to
-   probes and the sweep), then +4 h in one jump (answered calls swept away).
+   then to +600 s (every transaction, branch, context and settled record gone, the timer
+   heap back to probes and the sweep), then +4 h in one jump (answered calls swept away).
 
 Timing (decided here): each op's time in the core is measured with
 ``time.perf_counter`` (wall, reported) and ``time.thread_time`` (CPU, judged: on a shared
@@ -465,6 +465,8 @@ def _tables(core: ProxyCore) -> dict[str, int]:
     return {"contexts": len(core._contexts), "branches": len(core._branches),
             "branches_by_dest": len(core._branches_by_dest), "probes": len(core._probes),
             "calls": len(core._calls), "heap": len(core._heap),
+            "settled": len(core._settled), "absorbing": len(core._absorbing),
+            "lanes": len(core._settled_lane) + len(core._absorbing_lane),
             "direction_cache": len(core._direction_cache)}
 
 
@@ -835,7 +837,8 @@ class World:
         self._advance(600.0)
         self._collect(None)
         left = _tables(core)
-        if left["contexts"] or left["branches"] or left["branches_by_dest"]:
+        if (left["contexts"] or left["branches"] or left["branches_by_dest"]
+                or left["settled"] or left["absorbing"] or left["lanes"]):
             raise Violation(f"tables not drained 700 s after the last input: {left}; "
                             f"contexts {[c.request.data[:60] for c in core._contexts.values()]}")
         if left["probes"] > len(GATEWAYS) or left["heap"] > 4 * len(GATEWAYS) + 2:
