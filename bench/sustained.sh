@@ -21,8 +21,10 @@ mkdir -p "$OUT"
 
 bash "$BENCH/install.sh" >/dev/null
 "$BENCH/uas.sh" start all >/dev/null
-"$ROOT/.venv/bin/sipedge" run --config "${CONFIG:-$ROOT/conf/lab.toml}" --log-level warning \
-    >"$OUT/sipedge.log" 2>&1 &
+# SIPEDGE_CMD: another build to run (e.g. "env PYTHONPATH=/path/to/old/tree .venv/bin/python
+# -m sipedge"), for a before/after comparison in the same sitting.
+${SIPEDGE_CMD:-"$ROOT/.venv/bin/sipedge"} run --config "${CONFIG:-$ROOT/conf/lab.toml}" \
+    --log-level warning >"$OUT/sipedge.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; "$BENCH/uas.sh" stop all >/dev/null' EXIT
 sleep 4  # probes mark the gateways UP
