@@ -75,7 +75,7 @@ from sipedge.proxy.stats import (
 from sipedge.proxy.validation import Reject, check_request, validate_response
 from sipedge.sip.address import Endpoint
 from sipedge.sip.errors import ParseError, SipError
-from sipedge.sip.headers import Via, parse_name_addr, parse_via
+from sipedge.sip.headers import Via, parse_name_addr, parse_retry_after, parse_via
 from sipedge.sip.message import (
     ForwardPlan,
     Request,
@@ -1266,7 +1266,7 @@ class ProxyCore:
             return
         if branch.abandoned or ctx.done:
             return
-        retry_after = _retry_after(resp) if status == 503 else None
+        retry_after = parse_retry_after(resp.header(b"retry-after")) if status == 503 else None
         if branch.gateway is not None and status in self.settings.failover_codes:
             self._events.extend(self.pool.observe_call(branch.gateway.id, False, now,
                                                        retry_after_s=retry_after))
@@ -1535,7 +1535,8 @@ class ProxyCore:
         if resp.status < 200:
             self._probes[client_key(resp.top_via.branch or b"", b"OPTIONS")] = probe
             return
-        retry_after = _retry_after(resp) if resp.status == 503 else None
+        retry_after = (parse_retry_after(resp.header(b"retry-after")) if resp.status == 503
+                       else None)
         rtt = now - probe.sent_at
         histogram(self.stats.probe_rtt, probe.gateway.id, RTT_BUCKETS_S).observe(rtt)
         self._probe_result(probe.gateway, Replied(resp.status, rtt, retry_after), now)
@@ -1571,17 +1572,6 @@ def _peer_name(ctx: _Context) -> str:
     """The other party of a call that has no gateway (the PBX, or "" if none was tried)."""
     branch = ctx.branches[-1] if ctx.branches else None
     return branch.dest.hostport if branch is not None else ""
-
-
-def _retry_after(resp: Response) -> float | None:
-    """Seconds from a Retry-After header (RFC 3261 §20.33), ignoring comments/params."""
-    value = resp.header(b"retry-after")
-    if not value:
-        return None
-    digits = value.split(b";", 1)[0].split(b"(", 1)[0].strip()
-    if not digits.isdigit() or len(digits) > 9:
-        return None
-    return float(int(digits))
 
 
 def _better(status: int, than: int) -> bool:

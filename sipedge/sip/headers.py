@@ -1,10 +1,11 @@
 """On-demand parsers for the few header values a proxy interprets.
 
-Only Via, CSeq and name-addr (From/To/Contact/Route/Record-Route) are ever interpreted; every
-other header is carried as opaque bytes (RFC 3261 §16.6: a proxy forwards what it does not
-understand).  The functions here take one *value* (already cut out of the header block by
-:mod:`sipedge.sip.message`, possibly still folded) and return frozen slotted values.  A
-malformed value raises :class:`ParseError` with status 400 -- nothing else escapes.
+Only Via, CSeq and name-addr (From/To/Contact/Route/Record-Route) are ever interpreted, and
+the Retry-After of a 503; every other header is carried as opaque bytes (RFC 3261 §16.6: a
+proxy forwards what it does not understand).  The functions here take one *value* (already
+cut out of the header block by :mod:`sipedge.sip.message`, possibly still folded) and return
+frozen slotted values.  A malformed value raises :class:`ParseError` with status 400 --
+nothing else escapes -- except Retry-After, which is advice: a malformed one reads as absent.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "parse_cseq",
     "parse_name_addr",
     "parse_params",
+    "parse_retry_after",
     "parse_via",
     "split_host_port",
     "split_values",
@@ -375,6 +377,24 @@ def parse_cseq(value: bytes) -> CSeq:
     if not is_token(method):
         raise _bad("CSeq: bad method")
     return CSeq(int(digits or b"0"), method)
+
+
+def parse_retry_after(value: bytes | None) -> float | None:
+    """Seconds from a Retry-After value (RFC 3261 §20.33), comment and parameters ignored.
+
+    Args:
+        value: the header value, or None when the header is absent.
+
+    Returns:
+        The delta-seconds, or None when absent, empty, not digits or over nine digits
+        (the sender's advice is then ignored rather than refused).
+    """
+    if not value:
+        return None
+    digits = value.split(b";", 1)[0].split(b"(", 1)[0].strip()
+    if not digits.isdigit() or len(digits) > 9:
+        return None
+    return float(int(digits))
 
 
 @dataclass(frozen=True, slots=True)

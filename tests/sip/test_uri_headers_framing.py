@@ -13,6 +13,7 @@ from sipedge.sip import (
     parse_via,
     uri_equal,
 )
+from sipedge.sip.headers import parse_retry_after
 
 
 def test_uri_parts_and_exact_round_trip() -> None:
@@ -82,6 +83,18 @@ def test_name_addr_forms() -> None:
     for bad in (b'"open <sip:a@b>', b"Bell, Alexander <sip:a@b>", b"< sip:a@b >", b"sip:a@b?x=y"):
         with pytest.raises(ParseError):
             parse_name_addr(bad)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (b"120", 120.0), (b" 18000 (maintenance) ", 18000.0), (b"5;duration=3600", 5.0),
+    (b"0", 0.0), (b"999999999", 999999999.0),
+    (None, None), (b"", None), (b"soon", None), (b"-5", None), (b"1.5", None),
+    (b"1000000000", None),  # ten digits: a typo, not advice to follow
+])
+def test_retry_after_is_delta_seconds_or_nothing(value: bytes | None,
+                                                 seconds: float | None) -> None:
+    # RFC 3261 §20.33: delta-seconds [comment] *(;param); advice, so malformed reads as absent.
+    assert parse_retry_after(value) == seconds
 
 
 def test_make_branch_is_stable_and_has_cookie() -> None:
