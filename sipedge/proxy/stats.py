@@ -10,10 +10,10 @@ from the config).
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Final
 
+from sipedge.gateway.stats import RTT_BUCKETS_S, Histogram, histogram
 from sipedge.proxy.events import DropReason, FailoverReason
 from sipedge.proxy.media import MediaIssue
 from sipedge.proxy.routing import Direction
@@ -25,6 +25,7 @@ __all__ = [
     "RTT_BUCKETS_S",
     "Histogram",
     "ProxyStats",
+    "histogram",
 ]
 
 #: Methods counted by name; anything else is ``b"OTHER"`` (an attacker's random method
@@ -39,33 +40,8 @@ OTHER_METHOD: Final = b"OTHER"
 PDD_BUCKETS_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
 #: INVITE → 200, seconds: includes the callee's ringing time.
 ANSWER_BUCKETS_S: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
-#: OPTIONS round trip over the private link, seconds.
-RTT_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
-
-
-class Histogram:
-    """Fixed buckets, Prometheus semantics (``le``); ``counts[-1]`` is the +Inf overflow.
-
-    Buckets are stored non-cumulative (one increment per observation); the collector
-    accumulates them at scrape time.
-    """
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        """Count one observation (``value`` ≤ bound goes in that bound's bucket)."""
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    @property
-    def count(self) -> int:
-        """Observations so far."""
-        return sum(self.counts)
+# RTT_BUCKETS_S (OPTIONS round trip), Histogram and histogram() live in gateway.stats
+# (the gateway layer keeps the probe RTTs) and are re-exported here.
 
 
 def _by_direction() -> dict[Direction, dict[bytes, int]]:
@@ -160,12 +136,3 @@ class ProxyStats:
         """One parse error; ``status`` is the answer it calls for (None: dropped)."""
         key = status or 0
         self.parse_errors_by_status[key] = self.parse_errors_by_status.get(key, 0) + 1
-
-
-def histogram(table: dict[str, Histogram], key: str, bounds: tuple[float, ...]) -> Histogram:
-    """``table[key]``, created with ``bounds`` on first use (keys come from the config)."""
-    hist = table.get(key)
-    if hist is None:
-        hist = table[key] = Histogram(bounds)
-    return hist
-
