@@ -38,10 +38,11 @@ from prometheus_client import generate_latest
 
 from sipedge.daemon import tune_gc
 from sipedge.gateway.health import Health, HealthPolicy
+from sipedge.gateway.monitor import GatewayMonitor
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
 from sipedge.metrics import LoopLagMonitor, exposition, make_registry
-from sipedge.proxy.core import ProxyCore, Send
+from sipedge.proxy.core import ProxyCore, Send, probe_settings
 from sipedge.proxy.settings import ProxySettings
 from sipedge.sip.address import Endpoint
 from sipedge.sip.message import Request, build_response, parse
@@ -93,7 +94,8 @@ class Lab:
         settings = ProxySettings(inside=(INSIDE,), outside=(OUTSIDE,),
                                  inside_allow=(ipaddress.ip_network("127.0.0.1/32"),),
                                  pbx=CALLEE, domain="example")
-        self.core = ProxyCore(settings, pool, schedule, instance=b"bench")
+        monitor = GatewayMonitor(pool, schedule, probe_settings(settings), instance=b"bench")
+        self.core = ProxyCore(settings, pool, monitor=monitor)
         self.core.start(self.now)
 
     def step(self, seconds: float) -> None:

@@ -105,9 +105,16 @@ _instrument: Any = (atheris.instrument_imports(include=["sipedge"]) if _UNDER_AT
 with _instrument:
     from sipedge.config import Config, InsideConfig, OutsideConfig, build_settings
     from sipedge.gateway.health import HealthPolicy
+    from sipedge.gateway.monitor import GatewayMonitor
     from sipedge.gateway.pool import Gateway, GatewayPool
     from sipedge.gateway.probe import ProbeSchedule
-    from sipedge.proxy.core import CALL_IDLE_TIMEOUT_S, CALL_SWEEP_INTERVAL_S, ProxyCore, Send
+    from sipedge.proxy.core import (
+        CALL_IDLE_TIMEOUT_S,
+        CALL_SWEEP_INTERVAL_S,
+        ProxyCore,
+        Send,
+        probe_settings,
+    )
     from sipedge.sip.address import TRANSPORTS, Endpoint
     from sipedge.sip.errors import ParseError
     from sipedge.sip.message import Request, Response, parse
@@ -189,7 +196,8 @@ def build_core() -> ProxyCore:
     pool = build_pool()
     schedule = ProbeSchedule(rng=random.Random(7), interval_up_s=60.0, interval_down_s=20.0,
                              jitter=0.0)
-    return ProxyCore(settings, pool, schedule, instance=b"fuzz")
+    monitor = GatewayMonitor(pool, schedule, probe_settings(settings), instance=b"fuzz")
+    return ProxyCore(settings, pool, monitor=monitor)
 
 
 def load_corpus() -> list[bytes]:
@@ -461,10 +469,18 @@ class Totals:
 TOTALS = Totals()
 
 
+def _monitor(core: ProxyCore) -> GatewayMonitor:
+    monitor = core.monitor
+    assert monitor is not None  # build_core gives every fuzzed core its monitor
+    return monitor
+
+
 def _tables(core: ProxyCore) -> dict[str, int]:
+    # The probe tables are the monitor's (gateway.monitor); "heap" counts both heaps.
+    monitor = _monitor(core)
     return {"contexts": len(core._contexts), "branches": len(core._branches),
-            "branches_by_dest": len(core._branches_by_dest), "probes": len(core._probes),
-            "calls": len(core._calls), "heap": len(core._heap),
+            "branches_by_dest": len(core._branches_by_dest), "probes": len(monitor._probes),
+            "calls": len(core._calls), "heap": len(core._heap) + len(monitor._heap),
             "settled": len(core._settled), "absorbing": len(core._absorbing),
             "lanes": len(core._settled_lane) + len(core._absorbing_lane),
             "direction_cache": len(core._direction_cache)}
@@ -829,7 +845,8 @@ class World:
         t0 = time.perf_counter()
         # The input is over: probe once a day from now on, so that the 700 s below cost
         # a few probes rather than a hundred (each gateway still gets its due probe).
-        core.schedule.interval_up_s = core.schedule.interval_down_s = 86400.0
+        schedule = _monitor(core).schedule
+        schedule.interval_up_s = schedule.interval_down_s = 86400.0
         self._advance(100.0)
         self._collect(None)
         after_100 = _tables(core)
@@ -918,7 +935,7 @@ class Outcome:
     reached: list[str]
 
 
-#: ProxyStats counters whose being non-zero says how deep an input went.
+#: ProxyStats (and ProbeStats) counters whose being non-zero says how deep an input went.
 _DEPTH = ("failovers", "cancels", "retransmissions_absorbed", "stray_responses",
           "loops_detected", "no_gateway_503", "probe_timeouts", "transport_errors",
           "parse_errors_answered", "calls_idle_expired", "tnx_deprecated")
@@ -926,7 +943,8 @@ _DEPTH = ("failovers", "cancels", "retransmissions_absorbed", "stray_responses",
 
 def _reached(core: ProxyCore) -> list[str]:
     st = core.stats
-    out = [name for name in _DEPTH if getattr(st, name)]
+    counters = (st, core.probe_stats)  # probe_timeouts is the monitor's
+    out = [name for name in _DEPTH if any(getattr(c, name, 0) for c in counters)]
     out += sorted({f"failover:{reason.name}" for (_, _, reason) in st.failovers_by})
     out += [f"reply:{code}" for code in st.local_replies]
     out += ["answered"] if st.calls_answered else []

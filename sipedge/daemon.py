@@ -31,13 +31,14 @@ from sipedge.config import (
 )
 from sipedge.eventlog import EventLogger
 from sipedge.gateway.health import GatewayStateChanged, Health, HealthPolicy, ReplyCodes
+from sipedge.gateway.monitor import GatewayMonitor
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
 from sipedge.lifecycle import Lifecycle, Phase
 from sipedge.logs import setup_logging
 from sipedge.metrics import GcPauseMonitor, LoopLagMonitor, make_registry, metrics_endpoint
 from sipedge.notify import Notifier
-from sipedge.proxy.core import ProxyCore
+from sipedge.proxy.core import ProxyCore, probe_settings
 from sipedge.proxy.events import Event
 from sipedge.sip.address import Endpoint
 from sipedge.transport import TlsSettings, Transports
@@ -127,15 +128,20 @@ def probed_ids(pool: GatewayPool) -> list[str]:
 
 def build_core(config: Config, now: float,
                answers: Mapping[Query, Answer] | None = None) -> ProxyCore:
-    """A ready ``ProxyCore`` for ``config`` (no I/O); names resolved as in ``answers``."""
+    """A ready ``ProxyCore`` for ``config`` (no I/O); names resolved as in ``answers``.
+
+    The core holds the gateway monitor that probes its pool (one process: one prober).
+    """
     schedule = ProbeSchedule(rng=random.Random(), interval_up_s=config.probe.interval_up_s,
                              interval_down_s=config.probe.interval_down_s,
                              jitter=config.probe.jitter_fraction)
+    # Probe Call-IDs and branches stay unique across restarts (RFC 3261 §8.1.1.4).
     instance = os.urandom(4).hex().encode("ascii")
     pool = build_pool(config, now, answers)
-    core = ProxyCore(build_settings(config), pool, schedule, instance=instance)
-    core.start(now)
-    core.schedule.sync(probed_ids(pool), now)
+    settings = build_settings(config)
+    monitor = GatewayMonitor(pool, schedule, probe_settings(settings), instance=instance)
+    core = ProxyCore(settings, pool, monitor=monitor)
+    core.start(now, probed_ids(pool))
     return core
 
 
@@ -304,7 +310,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         wanted = len(probed_ids(core.pool))
         deadline = loop.time() + config.probe.jitter_fraction * config.probe.interval_down_s
-        while core.stats.probes_sent < wanted and loop.time() < deadline + 0.5:
+        while core.probe_stats.probes_sent < wanted and loop.time() < deadline + 0.5:
             await asyncio.sleep(0.01)
 
     def _failed(self, code: int) -> int:
@@ -461,9 +467,10 @@ class Daemon:
         self.config = new
         transports.reconfigure_streams(build_stream_settings(new))
         probe = new.probe
-        core.schedule.retune(loop.time(), interval_up_s=probe.interval_up_s,
-                             interval_down_s=probe.interval_down_s,
-                             jitter=probe.jitter_fraction)
+        if core.monitor is not None:
+            core.monitor.schedule.retune(loop.time(), interval_up_s=probe.interval_up_s,
+                                         interval_down_s=probe.interval_down_s,
+                                         jitter=probe.jitter_fraction)
         if dns_queries(new) != dns_queries(old):
             if self.watcher is not None:
                 await self.watcher.aclose()

@@ -3,13 +3,14 @@
 Theory of operation
 -------------------
 The hot path never touches a prometheus_client object (house rule 11). The core bumps slotted
-ints and small dicts in ``proxy.stats.ProxyStats``; the gateway pool keeps per-gateway ints
+ints and small dicts in ``proxy.stats.ProxyStats``, its gateway monitor in
+``gateway.stats.ProbeStats`` (probes sent, RTTs); the gateway pool keeps per-gateway ints
 (``GatewayPool.snapshot()``). When Prometheus scrapes ``GET /metrics`` on the admin listener,
 ``SipedgeCollector.collect()`` asks for the current driver (the daemon may swap the core or
-its pool on reload, so nothing is cached between scrapes), reads ``core.refresh_gauges()`` and
-``core.pool.snapshot()`` once, and turns them into metric families. A scrape therefore costs
-the collector's loop over ~30 samples per gateway plus the text formatting; ``bench/scrape.py``
-measures it for 200 gateways.
+its pool on reload, so nothing is cached between scrapes), reads ``core.refresh_gauges()``,
+``core.probe_stats`` and ``core.pool.snapshot()`` once, and turns them into metric families.
+A scrape therefore costs the collector's loop over ~30 samples per gateway plus the text
+formatting; ``bench/scrape.py`` measures it for 200 gateways.
 
 Label sets the config already names (edges, gateways, health states, change reasons, drop
 reasons) are exposed at zero before their first event, so ``rate()`` and alerts work from the
@@ -53,6 +54,7 @@ from prometheus_client.utils import floatToGoString
 from sipedge import __version__
 from sipedge.gateway.health import ChangeReason, Health
 from sipedge.gateway.pool import GatewayStatus
+from sipedge.gateway.stats import ProbeStats
 from sipedge.proxy.events import DropReason
 from sipedge.proxy.media import MediaIssue
 from sipedge.proxy.routing import Direction
@@ -379,11 +381,12 @@ class SipedgeCollector(Collector):
         driver = self._driver()
         core = driver.core
         stats = core.refresh_gauges()
+        probes = core.probe_stats
         snapshot = core.pool.snapshot()
         edges = list(dict.fromkeys(s.edge for s in snapshot))  # config order
-        yield from self._traffic(stats, driver.internal_errors)
+        yield from self._traffic(stats, probes, driver.internal_errors)
         yield from self._calls(stats, edges)
-        yield from self._latency(stats, snapshot, edges)
+        yield from self._latency(stats, probes, snapshot, edges)
         yield from self._gateways(snapshot, edges)
         yield from self._gauges(stats, core.draining)
         transports = self._transports() if self._transports is not None else None
@@ -429,7 +432,8 @@ class SipedgeCollector(Collector):
     # -- families ---------------------------------------------------------------------------
 
     @staticmethod
-    def _traffic(stats: ProxyStats, internal_errors: int) -> Iterator[Metric]:
+    def _traffic(stats: ProxyStats, probes: ProbeStats,
+                 internal_errors: int) -> Iterator[Metric]:
         requests = _Family.counter(
             "sipedge_requests_received",
             "SIP requests received, by method (unlisted methods count as OTHER) and by the "
@@ -494,7 +498,7 @@ class SipedgeCollector(Collector):
              stats.loops_detected),
             ("sipedge_cancels", "CANCEL requests received.", stats.cancels),
             ("sipedge_probes_sent", "OPTIONS health probes sent to gateways.",
-             stats.probes_sent),
+             probes.probes_sent),
             ("sipedge_transport_errors",
              "Sends the transport could not deliver (refused, reset, TLS failure).",
              stats.transport_errors),
@@ -584,7 +588,7 @@ class SipedgeCollector(Collector):
         yield failovers
 
     @staticmethod
-    def _latency(stats: ProxyStats, snapshot: list[GatewayStatus],
+    def _latency(stats: ProxyStats, probes: ProbeStats, snapshot: list[GatewayStatus],
                  edges: list[str]) -> Iterator[Metric]:
         for name, doc, table, bounds in (
             ("sipedge_post_dial_delay_seconds",
@@ -605,7 +609,7 @@ class SipedgeCollector(Collector):
             "Round-trip time of answered OPTIONS probes, by gateway.",
             labels=("gateway", "edge"))
         gw_edges = {s.id: s.edge for s in snapshot}
-        table = stats.probe_rtt
+        table = probes.probe_rtt
         for gateway_id in dict.fromkeys([*gw_edges, *table]):
             edge = gw_edges.get(gateway_id) or gateway_id.partition("/")[0]
             rtt.add_histogram((gateway_id, _edge(edge)), table.get(gateway_id), RTT_BUCKETS_S)

@@ -108,7 +108,7 @@ async def test_start_sends_ready_after_first_probes(
         lab: tuple[Daemon, Path, FakeSystemd]) -> None:
     daemon, _, systemd = lab
     assert daemon.phase is Phase.READY
-    assert daemon.core is not None and daemon.core.stats.probes_sent >= 2
+    assert daemon.core is not None and daemon.core.probe_stats.probes_sent >= 2
     seen = systemd.read()
     assert seen[0] == "READY=1"
     assert "STATUS=ready: 0/2 ashburn-ix up, 0 calls" in seen

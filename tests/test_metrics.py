@@ -224,7 +224,7 @@ async def test_every_gateway_up_with_one_hot_state(lab: Lab) -> None:
         assert m("sipedge_gateway_state_changes_total", gateway=gid, edge=edge,
                  reason="probe_success") == 1
     assert m("sipedge_edge_gateways_up", edge=VA) == m("sipedge_edge_gateways", edge=VA) == 3
-    assert m("sipedge_probes_sent_total") == lab.h.core.stats.probes_sent >= 12
+    assert m("sipedge_probes_sent_total") == lab.h.core.probe_stats.probes_sent >= 12
 
 
 async def test_drained_edge_shows_admin_down_and_zero_gateways_up(lab: Lab) -> None:
@@ -262,7 +262,7 @@ async def test_histograms_match_the_core_and_are_cumulative(lab: Lab) -> None:
     for gid in gateway_ids(h):
         edge = gid.partition("/")[0]
         assert m("sipedge_probe_rtt_seconds_count", gateway=gid, edge=edge) == \
-            stats.probe_rtt[gid].count >= 2
+            h.core.probe_stats.probe_rtt[gid].count >= 2
     # Every histogram series: buckets cumulative in le order, +Inf equal to _count.
     series: dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[float, float]]] = {}
     for (name, labels), value in m.samples.items():

@@ -1,8 +1,10 @@
 """Sans-I/O gateway pool and health: priority groups, round-robin, OPTIONS probing, hysteresis.
 
 ``health`` holds the state machine (one transition table), ``probe`` the typed probe results,
-the schedule and the OPTIONS bytes, ``pool`` the groups and the failover order. Nothing here
-does I/O or reads a clock; the proxy core drives it with ``now``.
+the schedule and the OPTIONS bytes, ``pool`` the groups and the failover order, ``monitor``
+the prober (probe transactions, its own outbox and deadline) that feeds the pool, ``stats``
+its counters. Nothing here does I/O or reads a clock; the caller (the proxy core, which
+holds the monitor) drives it with ``now``.
 """
 
 from sipedge.gateway.health import (
@@ -18,6 +20,7 @@ from sipedge.gateway.health import (
     call_observation,
     next_state,
 )
+from sipedge.gateway.monitor import GatewayMonitor, ProbeSend, ProbeSettings
 from sipedge.gateway.pool import Gateway, GatewayPool, GatewayStatus, gateway_id
 from sipedge.gateway.probe import (
     KEEPALIVE_PING,
@@ -33,6 +36,7 @@ from sipedge.gateway.probe import (
     parse_healthy_codes,
     probe_observation,
 )
+from sipedge.gateway.stats import Histogram, ProbeStats
 
 __all__ = [
     "KEEPALIVE_PING",
@@ -40,16 +44,21 @@ __all__ = [
     "TRANSITIONS",
     "ChangeReason",
     "Gateway",
+    "GatewayMonitor",
     "GatewayPool",
     "GatewayStateChanged",
     "GatewayStatus",
     "Health",
     "HealthPolicy",
     "HealthRecord",
+    "Histogram",
     "Observation",
     "ProbeRequest",
     "ProbeResult",
     "ProbeSchedule",
+    "ProbeSend",
+    "ProbeSettings",
+    "ProbeStats",
     "ProbeTarget",
     "Replied",
     "ReplyCodes",

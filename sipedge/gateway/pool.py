@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 A ``GatewayPool`` is built from config as priority groups, one per configured edge, in config
 order (Virginia/ashburn-ix first, then Oregon/san-jose-ix). Each gateway carries its own
-``HealthRecord`` (see ``health.py``); the pool feeds it probe results (``observe``), per-call
-outcomes (``observe_call``) and operator commands (``drain``/``enable``), and hands each state
-change back as one ``GatewayStateChanged`` event for the core to queue.
+``HealthRecord`` (see ``health.py``); the pool feeds it probe results (``observe``, from the
+gateway monitor), per-call outcomes (``observe_call``, from the proxy core) and operator
+commands (``drain``/``enable``), and hands each state change back as one
+``GatewayStateChanged`` event for its caller to queue.
 
 ``candidates(now)`` gives the failover order for one call (RFC 3261 §16.6 serial forking;
 Kamailio's ``ds_select_dst`` + ``ds_next_dst``):

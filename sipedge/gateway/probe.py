@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-The proxy core owns the sockets' worth of work (a probe is an ordinary non-INVITE client
+``gateway.monitor.GatewayMonitor`` runs the probes (each an ordinary non-INVITE client
 transaction, RFC 3261 §17.1.2), and this module supplies the pieces around it:
 
-* ``ProbeSchedule`` says *when* each gateway is due. The core asks ``due(now)`` in
+* ``ProbeSchedule`` says *when* each gateway is due. The monitor asks ``due(now)`` in
   ``handle_timer``, sends one probe per id returned, and folds ``next_deadline()`` into its own
   deadline. At most one probe is in flight per gateway: a due gateway is not returned again
   until ``reschedule`` reports its result, so a slow gateway is never probed in parallel with
@@ -86,7 +86,7 @@ class SendFailed:
     reason: str
 
 
-#: What the core reports for one probe.
+#: What the monitor reports for one probe.
 ProbeResult = Replied | TimedOut | SendFailed
 
 
@@ -215,7 +215,7 @@ class ProbeSchedule:
             self._due[gateway_id] = now + self._rng.uniform(0.0, self.jitter * self.interval_down_s)
 
     def remove(self, gateway_id: str) -> None:
-        """Stop probing a gateway (a late result for it is then the core's to drop)."""
+        """Stop probing a gateway (a late result for it is then the monitor's to drop)."""
         self._next_valid = False
         self._due.pop(gateway_id, None)
         self._in_flight.discard(gateway_id)
@@ -295,7 +295,7 @@ class ProbeTarget(Protocol):
 
 
 class ProbeRequest(NamedTuple):
-    """An OPTIONS probe ready to send, with the id the core keys its transaction on.
+    """An OPTIONS probe ready to send, with the id the monitor keys its transaction on.
 
     A 2-tuple on purpose: ``data, branch = build_probe(...)``.
 

@@ -21,8 +21,14 @@ candidate of the gateway pool gets a new branch. Never after a 2xx, never after 
 caller's CANCEL. In-dialog requests (To tag or Route left after popping ours) are routed
 from Route/Request-URI alone, so calls survive a restart (dialog-stateless).
 
-OPTIONS probes to every gateway are ordinary non-INVITE client transactions scheduled by
-``gateway.probe.ProbeSchedule``; their results feed ``gateway.pool.GatewayPool``.
+OPTIONS probing is not the core's: a ``gateway.monitor.GatewayMonitor`` owns the probe
+schedule, the probe transactions and their timers, and feeds the shared
+``gateway.pool.GatewayPool``. A core built with one (``monitor=``) delegates to it: its
+``next_deadline()`` is the sooner of both, ``handle_timer`` runs the monitor's timers after
+its own, a response no branch knows is offered to the monitor before the stray path, a
+transport error is reported to both, and the monitor's probes and health events come out of
+this core's ``drain_outbox()``/``drain_events()`` (as ``Send`` records from the outside
+listener of the gateway's transport). A core built with ``monitor=None`` sends no probe.
 """
 
 from __future__ import annotations
@@ -35,9 +41,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sipedge.gateway.health import Health
+from sipedge.gateway.monitor import GatewayMonitor, ProbeSettings
 from sipedge.gateway.pool import Gateway, GatewayPool
-from sipedge.gateway.probe import ProbeSchedule, Replied, SendFailed, TimedOut, build_probe
+from sipedge.gateway.stats import ProbeStats
 from sipedge.proxy.admission import Admission, Verdict
 from sipedge.proxy.events import (
     CallAnswered,
@@ -65,15 +71,9 @@ from sipedge.proxy.rewrite import (
 )
 from sipedge.proxy.routing import Direction, Listeners, classify_source, uri_endpoint
 from sipedge.proxy.settings import ProxySettings, RejectUnknown
-from sipedge.proxy.stats import (
-    ANSWER_BUCKETS_S,
-    PDD_BUCKETS_S,
-    RTT_BUCKETS_S,
-    ProxyStats,
-    histogram,
-)
+from sipedge.proxy.stats import ANSWER_BUCKETS_S, PDD_BUCKETS_S, ProxyStats, histogram
 from sipedge.proxy.validation import Reject, check_request, validate_response
-from sipedge.sip.address import Endpoint
+from sipedge.sip.address import TRANSPORTS, Endpoint
 from sipedge.sip.errors import ParseError, SipError
 from sipedge.sip.headers import Via, parse_name_addr, parse_retry_after, parse_via
 from sipedge.sip.message import (
@@ -108,7 +108,7 @@ from sipedge.sip.transaction import (
 )
 from sipedge.sip.uri import Uri, parse_uri
 
-__all__ = ["ProxyCore", "Send"]
+__all__ = ["ProxyCore", "Send", "probe_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +207,24 @@ class _Settled(NamedTuple):
     to_tag: bytes  # our To tag, for the 200 to a late CANCEL (§9.2)
 
 
-@dataclass(slots=True)
-class _Probe:
-    gateway: Gateway
-    tx: ClientTransaction
-    sent_at: float
-    deadline: float
+def probe_settings(settings: ProxySettings) -> ProbeSettings:
+    """The probe settings of a core with ``settings`` (applied to its monitor at build/reload).
+
+    Probes leave from the outside listener of the gateway's transport, the one calls leave
+    from (``Listeners.egress``), so Twilio's ACL sees one source; timers, timeout and
+    User-Agent are the core's.
+
+    Args:
+        settings: the core's settings.
+
+    Returns:
+        The monitor's ``ProbeSettings``.
+    """
+    listeners = Listeners(settings.inside, settings.outside)
+    return ProbeSettings(
+        sources={t: listeners.egress(outside=True, transport=t) for t in TRANSPORTS},
+        timers=settings.timers, timeout_s=settings.probe_timeout_s,
+        user_agent=settings.user_agent)
 
 
 def _response_dest(req: Request, peer: Endpoint) -> Endpoint:
@@ -238,21 +250,27 @@ def _response_dest(req: Request, peer: Endpoint) -> Endpoint:
 class ProxyCore:
     """The sans-I/O proxy. See the module docstring for the contract."""
 
-    def __init__(self, settings: ProxySettings, pool: GatewayPool, schedule: ProbeSchedule,
-                 *, instance: bytes = b"") -> None:
+    def __init__(self, settings: ProxySettings, pool: GatewayPool, *,
+                 monitor: GatewayMonitor | None) -> None:
         """Build a core.
 
         Args:
             settings: routing and timing settings.
             pool: the gateways and their health.
-            schedule: the probe schedule (``start`` fills it with the pool's gateways).
-            instance: token unique per process run (drawn once by the shell), so probe
-                Call-IDs stay unique across restarts (RFC 3261 §8.1.1.4).
+            monitor: the OPTIONS prober of ``pool``, driven through this core (``start``
+                schedules its first probes; its settings follow ``probe_settings(settings)``),
+                or None for a core that does not probe.
+
+        Raises:
+            ValueError: ``monitor`` watches another pool than ``pool``.
         """
+        if monitor is not None and monitor.pool is not pool:
+            raise ValueError("the monitor must feed the core's own pool")
         self.settings = settings
-        self.instance = instance
         self.pool = pool
-        self.schedule = schedule
+        self.monitor = monitor
+        if monitor is not None:
+            monitor.reconfigure(probe_settings(settings))
         self.stats = ProxyStats()
         self.listeners = Listeners(settings.inside, settings.outside)
         self._gateway_hosts = frozenset(g.endpoint.host for g in pool.gateways())
@@ -272,7 +290,6 @@ class ProxyCore:
         self._contexts: dict[bytes, _Context] = {}
         self._branches: dict[bytes, _Branch] = {}
         self._branches_by_dest: dict[Endpoint, set[bytes]] = {}
-        self._probes: dict[bytes, _Probe] = {}
         self._heap: list[tuple[float, int, bytes, bytes]] = []
         #: Server transactions in their wait state, by key, and their expiries in order:
         #: every wait is 64*T1 from "now", so a FIFO is the timer (no heap entry).
@@ -284,11 +301,16 @@ class ProxyCore:
         self._absorbing_lane: deque[tuple[float, bytes]] = deque()
         self._seq = itertools.count()
         self._tag_counter = itertools.count(1)
-        self._probe_counter = itertools.count(1)
 
-    def start(self, now: float) -> None:
-        """Schedule the first probe of every gateway (due at once)."""
-        self.schedule.sync([g.id for g in self.pool.gateways()], now)
+    def start(self, now: float, probed: Iterable[str] | None = None) -> None:
+        """Schedule the first probe of every gateway (due within the schedule's jitter).
+
+        Args:
+            now: monotonic seconds.
+            probed: the ids to probe (default: all); e.g. without DNS placeholders.
+        """
+        if self.monitor is not None:
+            self.monitor.start(now, probed)
 
     # ------------------------------------------------------------------ outputs
 
@@ -309,9 +331,11 @@ class ProxyCore:
         for lane in (self._settled_lane, self._absorbing_lane):
             if lane and (due is None or lane[0][0] < due):
                 due = lane[0][0]
-        probe_due = self.schedule.next_deadline()
-        if probe_due is not None and (due is None or probe_due < due):
-            return probe_due
+        monitor = self.monitor
+        if monitor is not None:
+            probe_due = monitor.next_deadline()
+            if probe_due is not None and (due is None or probe_due < due):
+                return probe_due
         return due
 
     # ------------------------------------------------------------------ inputs
@@ -415,10 +439,10 @@ class ProxyCore:
             branch = self._branches.get(key)
             if branch is not None:
                 self._run_client(branch, branch.tx.transport_error(now), now)
-        for key, probe in list(self._probes.items()):
-            if probe.gateway.endpoint == dest:
-                del self._probes[key]
-                self._probe_result(probe.gateway, SendFailed("transport error"), now)
+        monitor = self.monitor
+        if monitor is not None:
+            monitor.transport_error(dest, now)
+            self._take_monitor_output()
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at or before ``now``."""
@@ -436,10 +460,6 @@ class ProxyCore:
                 ctx = self._contexts.get(key)
                 if ctx is not None:
                     self._run_server(ctx, ctx.server.handle_timer(now), now)
-            elif kind == b"p":
-                probe = self._probes.get(key)
-                if probe is not None:
-                    self._probe_timer(key, probe, now)
             elif kind == b"i":
                 self._sweep_calls(now)
         for lane, table in ((self._settled_lane, self._settled),
@@ -451,9 +471,31 @@ class ProxyCore:
                 # A key settled again later has a later expiry: only its own entry ends it.
                 if entry is not None and _expiry(entry) <= now:
                     del table[key]
+        monitor = self.monitor
+        if monitor is not None:
+            # After the core's own timers. When probes shared the core's heap, a tie went
+            # to the entry pushed first, most often the call's (a probe's entries are at
+            # most probe_timeout_s old): calls act on the health from before this
+            # instant's probe results, and the due probes are sent last, as then.
+            fired += monitor.handle_timer(now)
+            self._take_monitor_output()
         self.stats.timers_fired += fired
-        for gateway_id in self.schedule.due(now):
-            self._send_probe(gateway_id, now)
+
+    @property
+    def probe_stats(self) -> ProbeStats:
+        """The monitor's probe counters (all zero for a core without a monitor)."""
+        return self.monitor.stats if self.monitor is not None else ProbeStats()
+
+    def _take_monitor_output(self) -> None:
+        """Move the monitor's probes and events into this core's outputs, in order."""
+        monitor = self.monitor
+        assert monitor is not None
+        sends = monitor.drain_outbox()
+        if sends:
+            self._outbox.extend([Send(p.data, p.dest, p.local) for p in sends])
+        events = monitor.drain_events()
+        if events:
+            self._events.extend(events)
 
     # ------------------------------------------------------------------ admin
 
@@ -469,14 +511,16 @@ class ProxyCore:
         """The stats with the gauges set from the live tables (read at scrape time)."""
         stats = self.stats
         stats.server_transactions = len(self._contexts) + len(self._settled)
-        stats.client_transactions = (len(self._branches) + len(self._probes)
-                                     + len(self._absorbing))
+        monitor = self.monitor
+        stats.client_transactions = (len(self._branches) + len(self._absorbing)
+                                     + (monitor.in_flight if monitor is not None else 0))
         stats.calls_in_progress = len(self._calls)
         stats.calls_setting_up = sum(
             1 for c in self._contexts.values() if c.is_call and not c.done)
         stats.sources_banned = self.admission.banned(self._now)
         stats.timer_entries = (len(self._heap) + len(self._settled_lane)
-                               + len(self._absorbing_lane))
+                               + len(self._absorbing_lane)
+                               + (monitor.timer_entries if monitor is not None else 0))
         return stats
 
     def set_draining(self, draining: bool) -> None:
@@ -530,6 +574,8 @@ class ProxyCore:
         self.listeners = Listeners(settings.inside, settings.outside)
         self._inside_only, self._outside_only = _sides(settings)
         self.admission.reconfigure(settings.limits, now)
+        if self.monitor is not None:
+            self.monitor.reconfigure(probe_settings(settings))
         self.reload_pool(pool, now, probed)
 
     def reload_pool(self, pool: GatewayPool, now: float,
@@ -537,9 +583,10 @@ class ProxyCore:
         """Swap in a rebuilt gateway pool (DNS membership change, config reload).
 
         Health and counters of gateways with the same id and endpoint carry over
-        (``GatewayPool.replace``); new ones start PROBING. Probes in flight to gateways that
-        left are forgotten (a late reply is then a stray response), and the probe schedule
-        is synced to the new ids. Calls in progress keep their branches.
+        (``GatewayPool.replace``); new ones start PROBING. The monitor, if any, probes the
+        new pool (``GatewayMonitor.reload``: probes in flight to gateways that left are
+        forgotten, a late reply is then a stray response). Calls in progress keep their
+        branches.
 
         Args:
             pool: the pool built from the new membership.
@@ -550,11 +597,8 @@ class ProxyCore:
         self._gateway_hosts = frozenset(g.endpoint.host for g in pool.gateways())
         self._gateway_edges = {g.endpoint.host: g.edge for g in pool.gateways()}
         self._direction_cache.clear()  # classifications depended on the old gateway hosts
-        for key, probe in list(self._probes.items()):
-            if probe.gateway.id not in pool or pool.gateway(probe.gateway.id) != probe.gateway:
-                del self._probes[key]
-        ids = [g.id for g in pool.gateways()] if probed is None else probed
-        self.schedule.sync([gid for gid in ids if gid in pool], now)
+        if self.monitor is not None:
+            self.monitor.reload(self.pool, now, probed)
 
     # ------------------------------------------------------------------ parse errors
 
@@ -1145,10 +1189,9 @@ class ProxyCore:
         key = client_key(via.branch or b"", method)
         branch = self._branches.get(key)
         if branch is None:
-            probe = self._probes.get(key)
-            if probe is not None and probe.gateway.endpoint.host == peer.host:
-                del self._probes[key]
-                self._probe_replied(probe, resp, now)
+            monitor = self.monitor
+            if monitor is not None and monitor.receive_response(resp, peer, now):
+                self._take_monitor_output()
                 return
             if key in self._absorbing:
                 self.stats.retransmissions_absorbed += 1  # Timer K: a final again
@@ -1494,64 +1537,6 @@ class ProxyCore:
 
     def _push(self, deadline: float, kind: bytes, key: bytes) -> None:
         heapq.heappush(self._heap, (deadline, next(self._seq), kind, key))
-
-    # ------------------------------------------------------------------ probes
-
-    def _send_probe(self, gateway_id: str, now: float) -> None:
-        gateway = self.pool.gateway(gateway_id)
-        local = self.listeners.egress(outside=True, transport=gateway.endpoint.transport)
-        n = next(self._probe_counter)
-        data, branch = build_probe(gateway, local, n, instance=self.instance,
-                                   user_agent=self.settings.user_agent)[:2]
-        key = client_key(branch, b"OPTIONS")
-        tx = ClientTransaction(key, data, invite=False, reliable=gateway.endpoint.is_reliable,
-                               timers=self.settings.timers, now=now)
-        probe = _Probe(gateway, tx, now, now + self.settings.probe_timeout_s)
-        self._probes[key] = probe
-        self.stats.probes_sent += 1
-        for action in tx.start():
-            if isinstance(action, SendRequest):
-                self._outbox.append(Send(action.data, gateway.endpoint, local))
-        self._push_probe(key, probe)
-
-    def _push_probe(self, key: bytes, probe: _Probe) -> None:
-        tx_deadline = probe.tx.next_deadline()
-        deadline = probe.deadline if tx_deadline is None else min(tx_deadline, probe.deadline)
-        self._push(deadline, b"p", key)
-
-    def _probe_timer(self, key: bytes, probe: _Probe, now: float) -> None:
-        if now >= probe.deadline:
-            del self._probes[key]
-            self.stats.probe_timeouts += 1
-            self._probe_result(probe.gateway, TimedOut(), now)
-            return
-        local = self.listeners.egress(outside=True, transport=probe.gateway.endpoint.transport)
-        for action in probe.tx.handle_timer(now):
-            if isinstance(action, SendRequest):
-                self._outbox.append(Send(action.data, probe.gateway.endpoint, local))
-        self._push_probe(key, probe)
-
-    def _probe_replied(self, probe: _Probe, resp: Response, now: float) -> None:
-        if resp.status < 200:
-            self._probes[client_key(resp.top_via.branch or b"", b"OPTIONS")] = probe
-            return
-        retry_after = (parse_retry_after(resp.header(b"retry-after")) if resp.status == 503
-                       else None)
-        rtt = now - probe.sent_at
-        histogram(self.stats.probe_rtt, probe.gateway.id, RTT_BUCKETS_S).observe(rtt)
-        self._probe_result(probe.gateway, Replied(resp.status, rtt, retry_after), now)
-
-    def _probe_result(self, gateway: Gateway, result: Replied | TimedOut | SendFailed,
-                      now: float) -> None:
-        self._events.extend(self.pool.observe(gateway.id, result, now))
-        # Honour Retry-After strictly: no probe before the hold-down ends.
-        record = self.pool.record(gateway.id)
-        health = record.state
-        if health is Health.UP and record.failures:
-            # A failing UP gateway is re-probed at the DOWN pace, so a dead group is
-            # noticed in about down_after × interval_down_s, not × interval_up_s.
-            health = Health.PROBING
-        self.schedule.reschedule(gateway.id, now, health, not_before=record.held_until)
 
 
 def _expiry(entry: _Settled | float) -> float:

@@ -40,8 +40,8 @@ OTHER_METHOD: Final = b"OTHER"
 PDD_BUCKETS_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
 #: INVITE → 200, seconds: includes the callee's ringing time.
 ANSWER_BUCKETS_S: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
-# RTT_BUCKETS_S (OPTIONS round trip), Histogram and histogram() live in gateway.stats
-# (the gateway layer keeps the probe RTTs) and are re-exported here.
+# RTT_BUCKETS_S (OPTIONS round trip) and Histogram live in gateway.stats, with the
+# monitor that keeps the probe RTTs; they are re-exported here for the proxy's tables.
 
 
 def _by_direction() -> dict[Direction, dict[bytes, int]]:
@@ -56,6 +56,11 @@ class ProxyStats:
     the PBX; ``INBOUND`` = the outside, Twilio; ``UNKNOWN`` = a stranger); for relayed
     responses, the side the response was sent to. Call tables are keyed by call direction
     (``OUTBOUND`` = PBX → Twilio) and edge name (``""`` when no gateway was usable).
+
+    The probe counters (probes sent, timeouts, RTTs) are the gateway monitor's
+    (``gateway.stats.ProbeStats``, ``ProxyCore.probe_stats``): a core without a monitor
+    sends no probe. ``timers_fired`` and the ``client_transactions``/``timer_entries``
+    gauges include the monitor's held by this core.
     """
 
     requests_received: int = 0
@@ -76,8 +81,6 @@ class ProxyStats:
     no_gateway_503: int = 0
     draining_503: int = 0
     cancels: int = 0
-    probes_sent: int = 0
-    probe_timeouts: int = 0
     transport_errors: int = 0
     tnx_deprecated: int = 0
     edge_param_seen: int = 0
@@ -101,7 +104,6 @@ class ProxyStats:
     failovers_by: dict[tuple[str, str, FailoverReason], int] = field(default_factory=dict)
     pdd: dict[str, Histogram] = field(default_factory=dict)  # by edge
     answer_time: dict[str, Histogram] = field(default_factory=dict)  # by edge
-    probe_rtt: dict[str, Histogram] = field(default_factory=dict)  # by gateway id
     sdp_checked: int = 0
     media_outside_range: dict[MediaIssue, int] = field(default_factory=dict)
     # gauges, refreshed by the core at scrape time (ProxyCore.refresh_gauges)

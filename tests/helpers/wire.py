@@ -25,9 +25,10 @@ from dataclasses import dataclass, field, replace
 
 from sipedge.config import Config, InsideConfig, OutsideConfig, build_settings
 from sipedge.gateway.health import Health, HealthPolicy
+from sipedge.gateway.monitor import GatewayMonitor
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
-from sipedge.proxy.core import ProxyCore, Send
+from sipedge.proxy.core import ProxyCore, Send, probe_settings
 from sipedge.proxy.events import Event
 from sipedge.sip.address import Endpoint
 
@@ -196,7 +197,9 @@ class ProxyHarness:
         self.pool = GatewayPool(groups, policy, now=self.clock.now)
         schedule = ProbeSchedule(rng=random.Random(7), interval_up_s=self.interval_up_s,
                                  interval_down_s=self.interval_down_s, jitter=0.0)
-        self.core = ProxyCore(self.settings, self.pool, schedule, instance=b"test")
+        self.monitor: GatewayMonitor | None = GatewayMonitor(
+            self.pool, schedule, probe_settings(self.settings), instance=b"test")
+        self.core = ProxyCore(self.settings, self.pool, monitor=self.monitor)
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -227,7 +227,7 @@ def test_answered_call_without_bye_idles_out(h: ProxyHarness) -> None:
 
 
 def test_probe_rtt_histogram_per_gateway(h: ProxyHarness) -> None:
-    rtt = h.core.stats.probe_rtt
+    rtt = h.core.probe_stats.probe_rtt
     assert set(rtt) == {h.gateway_id(g) for g in VIRGINIA + OREGON}
     assert all(hist.count >= 2 for hist in rtt.values())
 

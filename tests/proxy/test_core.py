@@ -679,7 +679,7 @@ def test_probe_silence_takes_gateway_down_after_down_after() -> None:
     h.start()
     h.advance(2.5)  # first probe timed out (probe_timeout_s = 2)
     assert h.state(VIRGINIA[0]) is Health.PROBING
-    assert h.core.stats.probe_timeouts == 6
+    assert h.core.probe_stats.probe_timeouts == 6
     h.advance(15)
     assert h.state(VIRGINIA[0]) is Health.DOWN
     changes = [e for e in h.events if isinstance(e, GatewayStateChanged)]
@@ -805,8 +805,10 @@ def test_tables_empty_after_calls_complete_and_timers_run_out(h: ProxyHarness) -
     assert core._contexts == {}
     assert core._branches == {}
     assert core._branches_by_dest == {}
-    assert len(core._probes) <= 6
-    assert len(core._heap) <= 6
+    monitor = h.monitor
+    assert monitor is not None
+    assert monitor.in_flight <= 6  # at most one probe per gateway
+    assert len(core._heap) + monitor.timer_entries <= 6
 
 
 def test_timer_c_cancels_branch_ringing_without_final(h: ProxyHarness) -> None:

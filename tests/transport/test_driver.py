@@ -34,7 +34,7 @@ class BrokenCore(ProxyCore):
 async def test_driver_survives_a_core_bug_and_keeps_timers_running() -> None:
     loop = asyncio.get_running_loop()
     real = build_core(parse_config(LAB), loop.time())
-    core = BrokenCore(real.settings, real.pool, real.schedule)
+    core = BrokenCore(real.settings, real.pool, monitor=real.monitor)
     core.start(loop.time())
     driver = CoreDriver(core, loop, lambda _event: None)
     sender = Recorder()
@@ -80,7 +80,7 @@ class QueryBrokenCore(ProxyCore):
 async def test_driver_says_not_answerable_when_the_core_query_fails() -> None:
     loop = asyncio.get_running_loop()
     real = build_core(parse_config(LAB), loop.time())
-    core = QueryBrokenCore(real.settings, real.pool, real.schedule)
+    core = QueryBrokenCore(real.settings, real.pool, monitor=real.monitor)
     driver = CoreDriver(core, loop, lambda _event: None)
     assert driver.is_answerable(PBX, INSIDE, loop.time()) is False  # silence, never a 513
     assert driver.internal_errors == 1
