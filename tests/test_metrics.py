@@ -30,6 +30,7 @@ from sipedge import __version__
 from sipedge.admin import METRICS_CONTENT_TYPE, AdminServer
 from sipedge.gateway.health import ChangeReason, Health
 from sipedge.gateway.pool import GatewayPool
+from sipedge.gateway.probe import Replied
 from sipedge.metrics import (
     CONTENT_TYPE,
     LIFECYCLE_STATES,
@@ -302,6 +303,24 @@ async def test_label_sets_exist_at_zero_before_any_traffic() -> None:
         assert m("sipedge_gateway_last_probe_code", gateway=gid, edge=edge) == 0
     assert {dict(k)["reason"] for k in m.series("sipedge_messages_dropped_total")} == {
         r.value for r in DropReason}
+
+
+async def test_core_without_monitor_exports_probe_families_at_zero() -> None:
+    # A worker that does not probe: the gateway health it was told is exported, its own
+    # probe counters read zero (the prober's process exports those).
+    h = ProxyHarness(probing=False, up_after=1)
+    gid = h.gateway_id(VIRGINIA[0])
+    h.core.observe_probe(gid, Replied(200, 0.003), h.now)
+    driver = CoreDriver(h.core, asyncio.get_running_loop(), lambda event: None)
+    try:
+        m = parse(exposition(make_registry(lambda: driver, process=False)))
+    finally:
+        driver.close()
+    assert m("sipedge_probes_sent_total") == 0
+    assert m("sipedge_probe_rtt_seconds_count", gateway=gid, edge=VA) == 0
+    assert m("sipedge_gateway_up", gateway=gid, edge=VA, region="Virginia") == 1
+    assert m("sipedge_gateway_probes_total", gateway=gid, edge=VA) == 1
+    assert m("sipedge_transactions_in_progress", kind="client") == 0
 
 
 async def test_refused_call_without_gateway_is_labelled_edge_none() -> None:

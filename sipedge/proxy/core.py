@@ -28,7 +28,10 @@ schedule, the probe transactions and their timers, and feeds the shared
 its own, a response no branch knows is offered to the monitor before the stray path, a
 transport error is reported to both, and the monitor's probes and health events come out of
 this core's ``drain_outbox()``/``drain_events()`` (as ``Send`` records from the outside
-listener of the gateway's transport). A core built with ``monitor=None`` sends no probe.
+listener of the gateway's transport). A core built with ``monitor=None`` sends no probe:
+its pool's health comes from calls and from probe results observed elsewhere (another
+process's monitor), fed in through ``observe_probe`` — the step toward N workers that
+probe each gateway once between them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import NamedTuple
 
 from sipedge.gateway.monitor import GatewayMonitor, ProbeSettings
 from sipedge.gateway.pool import Gateway, GatewayPool
+from sipedge.gateway.probe import ProbeResult
 from sipedge.gateway.stats import ProbeStats
 from sipedge.proxy.admission import Admission, Verdict
 from sipedge.proxy.events import (
@@ -259,7 +263,8 @@ class ProxyCore:
             pool: the gateways and their health.
             monitor: the OPTIONS prober of ``pool``, driven through this core (``start``
                 schedules its first probes; its settings follow ``probe_settings(settings)``),
-                or None for a core that does not probe.
+                or None for a core that does not probe: its pool's health is fed from
+                elsewhere (``observe_probe``).
 
         Raises:
             ValueError: ``monitor`` watches another pool than ``pool``.
@@ -480,6 +485,21 @@ class ProxyCore:
             fired += monitor.handle_timer(now)
             self._take_monitor_output()
         self.stats.timers_fired += fired
+
+    def observe_probe(self, gateway_id: str, result: ProbeResult, now: float) -> None:
+        """A probe result observed elsewhere (another process's monitor): health and events.
+
+        For a core built without a monitor, whose pool's health is fed from outside: the
+        pool applies the result as it would its own monitor's (``GatewayPool.observe``,
+        hysteresis included; an unknown id is ignored) and the state change, if any,
+        comes out of ``drain_events()``. Nothing is scheduled or sent.
+
+        Args:
+            gateway_id: the probed gateway.
+            result: the probe's outcome.
+            now: when it was observed.
+        """
+        self._events.extend(self.pool.observe(gateway_id, result, now))
 
     @property
     def probe_stats(self) -> ProbeStats:

@@ -165,7 +165,9 @@ class ProxyHarness:
     """A ``ProxyCore`` for the lab topology, its fake clock, and what it sent.
 
     Every input helper returns the ``Send`` records the core produced for that input (and
-    keeps them in ``sent`` too); events accumulate in ``events``.
+    keeps them in ``sent`` too); events accumulate in ``events``. ``probing=False`` builds
+    the core without a gateway monitor (``monitor`` is then None): nothing probes, and
+    health comes in through ``core.observe_probe``.
     """
 
     clock: FakeClock = field(default_factory=FakeClock)
@@ -174,6 +176,7 @@ class ProxyHarness:
     up_after: int = 2
     interval_up_s: float = 600.0
     interval_down_s: float = 5.0
+    probing: bool = True
     sent: list[Send] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
@@ -195,10 +198,12 @@ class ProxyHarness:
         ]
         policy = HealthPolicy(down_after=self.down_after, up_after=self.up_after)
         self.pool = GatewayPool(groups, policy, now=self.clock.now)
-        schedule = ProbeSchedule(rng=random.Random(7), interval_up_s=self.interval_up_s,
-                                 interval_down_s=self.interval_down_s, jitter=0.0)
-        self.monitor: GatewayMonitor | None = GatewayMonitor(
-            self.pool, schedule, probe_settings(self.settings), instance=b"test")
+        self.monitor: GatewayMonitor | None = None
+        if self.probing:
+            schedule = ProbeSchedule(rng=random.Random(7), interval_up_s=self.interval_up_s,
+                                     interval_down_s=self.interval_down_s, jitter=0.0)
+            self.monitor = GatewayMonitor(self.pool, schedule, probe_settings(self.settings),
+                                          instance=b"test")
         self.core = ProxyCore(self.settings, self.pool, monitor=self.monitor)
 
     # -- plumbing ---------------------------------------------------------------------------

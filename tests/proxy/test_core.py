@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from sipedge.gateway.health import GatewayStateChanged, Health
+from sipedge.gateway.pool import GatewayPool
+from sipedge.gateway.probe import Replied, TimedOut
+from sipedge.proxy.core import ProxyCore
 from sipedge.proxy.events import (
     CallFailedOver,
     DeprecatedParameterSeen,
@@ -703,6 +706,69 @@ def test_probe_503_retry_after_holds_gateway_down() -> None:
     # Retry-After is honoured strictly: no probe to it during the hold-down.
     out = h.advance(59)
     assert to(calls(out, b"OPTIONS"), VIRGINIA[2]) == []
+
+
+# ---------------------------------------------------------------------------- without a monitor
+
+
+def test_core_without_monitor_sends_no_probe_and_arms_no_timer() -> None:
+    h = ProxyHarness(probing=False)
+    assert h.core.monitor is None
+    assert h.start() == []
+    assert h.core.next_deadline() is None
+    assert h.advance(600) == []
+    assert h.core.probe_stats.probes_sent == 0
+    gauges = h.core.refresh_gauges()
+    assert (gauges.client_transactions, gauges.timer_entries) == (0, 0)
+    assert all(h.state(gw) is Health.PROBING for gw in (*VIRGINIA, *OREGON))
+
+
+def test_core_without_monitor_takes_health_observed_elsewhere() -> None:
+    # A worker that does not probe: another process's monitor reports its results.
+    h = ProxyHarness(probing=False, up_after=2)
+    h.start()
+    gid = h.gateway_id(OREGON[1])
+    h.core.observe_probe(gid, Replied(200, 0.004), h.now)
+    assert h.state(OREGON[1]) is Health.PROBING and h.core.drain_events() == []
+    h.core.observe_probe(gid, Replied(200, 0.005), h.now)
+    assert h.state(OREGON[1]) is Health.UP
+    assert [(e.gateway_id, e.old, e.new) for e in h.core.drain_events()] == [
+        (gid, Health.PROBING, Health.UP)]
+    h.core.observe_probe("ashburn-ix/192.0.2.1:5060", TimedOut(), h.now)  # unknown: ignored
+    # The only UP gateway takes the call, ahead of every PROBING one.
+    out = h.feed(invite(), PBX)
+    assert only_invite_to(out, OREGON[1])
+    assert h.core.probe_stats.probes_sent == 0  # nothing of that was ours
+
+
+def test_core_without_monitor_drops_what_looks_like_a_probe_reply() -> None:
+    h = ProxyHarness(probing=False)
+    probe = make_request(b"OPTIONS", b"sip:" + ASHBURN, via=[
+        b"SIP/2.0/UDP 127.0.0.3:5060;branch=z9hG4bK-p-other.1;rport"], call_id=b"other.1@x")
+    assert h.feed(make_response(probe, 200, b"OK"), VIRGINIA[0]) == []
+    assert h.core.stats.stray_responses == 1
+    assert h.state(VIRGINIA[0]) is Health.PROBING
+
+
+def test_core_without_monitor_reloads_and_drains_gateways() -> None:
+    h = ProxyHarness(probing=False, up_after=1)
+    for gw in VIRGINIA:
+        h.core.observe_probe(h.gateway_id(gw), Replied(200, 0.01), h.now)
+    h.core.drain_gateway(h.gateway_id(VIRGINIA[0]), h.now)
+    assert h.state(VIRGINIA[0]) is Health.ADMIN_DOWN
+    pool = GatewayPool(h.pool.groups, h.pool.policy, now=h.now)
+    h.core.reload_pool(pool, h.now)
+    h.core.transport_error(VIRGINIA[1], h.now)  # nothing in flight: only counted
+    assert h.core.pool is pool and h.core.next_deadline() is None
+    assert pool.state(h.gateway_id(VIRGINIA[1])) is Health.UP  # carried over by the reload
+    assert only_invite_to(h.feed(invite(), PBX), VIRGINIA[1])
+
+
+def test_core_refuses_a_monitor_of_another_pool() -> None:
+    h = ProxyHarness()
+    other = GatewayPool(h.pool.groups, h.pool.policy, now=h.now)
+    with pytest.raises(ValueError, match="own pool"):
+        ProxyCore(h.settings, other, monitor=h.monitor)
 
 
 # ---------------------------------------------------------------------------- malformed input
