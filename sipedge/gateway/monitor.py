@@ -247,8 +247,10 @@ class GatewayMonitor:
         """Probe a rebuilt pool (the caller carried health over: ``GatewayPool.replace``).
 
         A probe in flight to a gateway that left, or whose definition changed (endpoint,
-        domain, weight), is forgotten: a late reply is then not a probe's. The schedule is
-        synced to the new ids.
+        domain, weight), is forgotten: a late reply is then not a probe's. Its gateway is
+        also taken off the schedule, so that a gateway that stays is scheduled again as new
+        (its first probe due within the jitter) instead of staying marked in flight for
+        good. The schedule is then synced to the new ids.
 
         Args:
             pool: the new pool.
@@ -260,6 +262,9 @@ class GatewayMonitor:
             gateway = probe.gateway
             if gateway.id not in pool or pool.gateway(gateway.id) != gateway:
                 del self._probes[key]
+                # ProbeSchedule.sync keeps a known id's state, in flight included: without
+                # this the gateway would never be due again (no result will come for it).
+                self.schedule.remove(gateway.id)
         self._sync(now, probed)
 
     def reconfigure(self, settings: ProbeSettings) -> None:

@@ -294,3 +294,21 @@ def test_reconfigure_changes_the_probes_sent_from_then_on() -> None:
     assert via is not None and b" 127.0.14.4:5062;" in via
     rig.advance(1.0)
     assert rig.monitor.stats.probe_timeouts == 1
+
+
+def test_reload_changing_a_gateway_in_flight_keeps_probing_it() -> None:
+    # Same id and endpoint, another weight (a DNS SRV change): the probe in flight is
+    # forgotten, and the gateway must not stay marked in flight for good (it did: never
+    # probed again, its health frozen).
+    rig = Rig(UDP_GW, TCP_GW)
+    sends = rig.start()
+    changed = GatewayPool([[gateway(UDP_GW, weight=2), gateway(TCP_GW)]],
+                          rig.pool.policy, now=rig.now)
+    rig.monitor.reload(rig.pool.replace(changed), rig.now)
+    assert rig.monitor.in_flight == 1
+    assert rig.reply(only(sends, UDP_GW)) is False  # its old probe is not a probe any more
+    out = rig.advance(3 * INTERVAL_DOWN_S)
+    assert {s.dest for s in out} == {UDP_GW, TCP_GW}
+    fresh = [s for s in out if s.dest == UDP_GW]
+    assert rig.reply(fresh[-1]) is True
+    assert {r.id: r.last_code for r in rig.monitor.pool.snapshot()}[gateway(UDP_GW).id] == 200
