@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prometheus_client import generate_latest
 
+from sipedge.config import Config, InsideConfig, OutsideConfig, build_settings
 from sipedge.daemon import tune_gc
 from sipedge.gateway.health import Health, HealthPolicy
 from sipedge.gateway.monitor import GatewayMonitor
@@ -43,7 +44,6 @@ from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
 from sipedge.metrics import LoopLagMonitor, exposition, make_registry
 from sipedge.proxy.core import ProxyCore, Send, probe_settings
-from sipedge.proxy.settings import ProxySettings
 from sipedge.sip.address import Endpoint
 from sipedge.sip.message import Request, build_response, parse
 
@@ -91,9 +91,15 @@ class Lab:
         ]
         pool = GatewayPool(groups, HealthPolicy(), now=self.now)
         schedule = ProbeSchedule(rng=random.Random(7), interval_up_s=60.0, interval_down_s=5.0)
-        settings = ProxySettings(inside=(INSIDE,), outside=(OUTSIDE,),
-                                 inside_allow=(ipaddress.ip_network("127.0.0.1/32"),),
-                                 pbx=CALLEE, domain="example")
+        # Settings through the config's loader, as tests/helpers/wire.py builds them: every
+        # value the file does not give is the config's default (ProxySettings has no
+        # defaults of its own for those).
+        settings = build_settings(Config(
+            path="<bench>",
+            inside=InsideConfig(listen=(INSIDE,),
+                                allow=(ipaddress.ip_network("127.0.0.1/32"),), pbx=CALLEE),
+            outside=OutsideConfig(listen=(OUTSIDE,), domain="example"),
+            edges=()))
         monitor = GatewayMonitor(pool, schedule, probe_settings(settings), instance=b"bench")
         self.core = ProxyCore(settings, pool, monitor=monitor)
         self.core.start(self.now)
