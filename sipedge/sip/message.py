@@ -168,7 +168,6 @@ _CANON_GET: Final = CANONICAL.get
 #: b"100".."699" -> int: validates a status code with one dict lookup (RFC 3261 §7.2).
 _STATUS_CODES: Final = {b"%d" % code: code for code in range(100, 700)}
 _SP_OR_CR: Final = (b" ", b"\r")
-_new: Final = object.__new__
 #: How the first header line starts when it is a Via in a usual spelling.
 _VIA_LINE_STARTS: Final = (b"Via:", b"v:", b"VIA:", b"via:", b"Via :")
 # The canonical key objects themselves (the values of CANONICAL): list.index/count
@@ -598,7 +597,9 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
         if status is None or data[:8] != b"SIP/2.0 " or data[11:12] not in _SP_OR_CR:
             msg = _parse_status_line(data[:sl])
         else:
-            msg = _new(Response)
+            # Cls.__new__(Cls) skips __init__; object.__new__(Cls) would too, but a
+            # mypyc-compiled (native) class refuses it as unsafe.
+            msg = Response.__new__(Response)
             msg.status = status
             msg.reason = data[12:sl]
         status_for_error = None
@@ -889,7 +890,7 @@ def _parse_request_line(line: bytes) -> Request:
         raise ParseError(400, "malformed method")
     if not ruri or ruri.translate(None, _RURI_CHARS):
         raise ParseError(400, "malformed Request-URI")
-    req = _new(Request)
+    req = Request.__new__(Request)
     req.method = method
     req.request_uri = ruri
     return req
@@ -906,7 +907,7 @@ def _parse_status_line(line: bytes) -> Response:
     status = int(parts[1])
     if not 100 <= status <= 699:
         raise ParseError(None, "status code out of range")
-    resp = _new(Response)
+    resp = Response.__new__(Response)
     resp.status = status
     resp.reason = parts[2] if len(parts) == 3 else b""
     return resp
