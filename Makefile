@@ -72,8 +72,8 @@ tools:
 	done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sipedge tests bench fuzz
-	$(VENV)/bin/mypy --strict sipedge
+	$(VENV)/bin/ruff check sipedge tests bench fuzz setup.py
+	$(VENV)/bin/mypy --strict sipedge setup.py
 
 unit: $(STAMP) tools
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q -m 'not e2e'
@@ -121,6 +121,9 @@ fuzz: $(STAMP)
 
 ## make install [DESTDIR=] [PREFIX=/opt/sipedge]: sipedge in its own venv at PREFIX, the
 ## unit, the sipedge system user and a starter config (never overwritten). As root.
+## `pip install .` compiles the sans-I/O core with mypyc (setup.py; about a minute, gcc and
+## the Python headers needed), else installs it as pure Python, and says which;
+## SIPEDGE_PURE_PYTHON=1 forces pure Python.
 ##
 ## DESTDIR (staging for a package): a venv bakes absolute paths into its scripts, so after
 ## installing into $(DESTDIR)$(PREFIX) the scripts in bin/ are rewritten to point at
@@ -139,6 +142,8 @@ install:
 	    || { echo "install: $(PYTHON) is older than 3.11" >&2; exit 1; }; \
 	$(PYTHON) -m venv "$$root"; \
 	"$$root/bin/python" -m pip install -q --disable-pip-version-check .; \
+	"$$root/bin/python" -P -c 'import sipedge; b = sipedge.core_build(); print("install: core", \
+	    "compiled (mypyc)" if b.kind == "mypyc" else f"is pure Python ({b.reason})")'; \
 	if [ -n "$$dest" ]; then \
 	    grep -lIF -- "$$root" "$$root"/bin/* | xargs -r sed -i "s|$$root|$$prefix|g"; \
 	fi; \
@@ -175,4 +180,4 @@ uninstall:
 	    "run systemctl daemon-reload"
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build
