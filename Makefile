@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 PREFIX  ?= /opt/sipedge
 DESTDIR ?=
 
-.PHONY: attacks fuzz-core run lab test lint unit e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
+.PHONY: attacks fuzz-core run lab test lint unit unit-compiled e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
         install uninstall
 
 $(STAMP): pyproject.toml
@@ -81,8 +81,29 @@ unit: $(STAMP) tools
 e2e: $(STAMP) sipp tools
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q -m e2e
 
-## make test: set up and run everything CI runs (lint, types, unit, conformance, e2e)
-test: $(STAMP) sipp tools lint
+## make unit-compiled: the sans-I/O core compiled with mypyc into a wheel (as `make install`
+## builds it; setup.py), and the tests of what it compiles run against that wheel:
+## sip, gateway, proxy, catalogue, conformance, property. The wheel is installed into
+## $(COMPILED)/site, which PYTHONPATH puts first; `python -P` from $(COMPILED) and
+## --import-mode=append keep the source tree off the front of sys.path, and
+## SIPEDGE_EXPECT_COMPILED=1 makes tests/conftest.py refuse to run unless every module
+## of the core is an extension module. The wheel is built with the venv's mypy and
+## setuptools (no build isolation: make install checks that path); the C objects stay in
+## build/, so the next build compiles only what changed.
+COMPILED       := build/compiled-core
+COMPILED_TESTS := sip gateway proxy catalogue conformance property
+unit-compiled: $(STAMP)
+	rm -rf $(COMPILED)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(COMPILED)/wheel .
+	$(PY) -m pip install -q --no-deps --target $(COMPILED)/site $(COMPILED)/wheel/sipedge-*.whl
+	cd $(COMPILED) && SIPEDGE_CORPUS=$(SHARED)/corpus SIPEDGE_EXPECT_COMPILED=1 \
+	    PYTHONPATH=$(CURDIR)/$(COMPILED)/site $(CURDIR)/$(PY) -P -bb -m pytest -W error -q \
+	    -p no:cacheprovider --import-mode=append --rootdir=$(CURDIR) -c $(CURDIR)/pyproject.toml \
+	    $(addprefix $(CURDIR)/tests/,$(COMPILED_TESTS))
+
+## make test: set up and run everything CI runs (lint, types, unit, conformance, e2e), and
+## the core's tests once more against the mypyc-compiled core (unit-compiled)
+test: $(STAMP) sipp tools lint unit-compiled
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q
 
 bench-parse: $(STAMP)
