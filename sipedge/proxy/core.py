@@ -1082,7 +1082,8 @@ class ProxyCore:
         """RFC 3261 §16.3 step 4 / RFC 5393: our Via with the same loop hash = a loop."""
         # Our branch marker + this loop hash is 26 bytes that only our own Via can carry;
         # one substring search over the bytes beats splitting and parsing every Via.
-        return BRANCH_PREFIX + loop in req.data
+        # find, not `in`: a bytes operand makes bytes.__contains__ build a TypeError first
+        return req.data.find(BRANCH_PREFIX + loop) >= 0
 
     # ------------------------------------------------------------------ CANCEL
 

@@ -49,7 +49,10 @@ from typing import ClassVar, Final
 from sipedge.sip.errors import ParseError, ProtocolViolation
 from sipedge.sip.grammar import (
     CANONICAL,
+    COMMA,
+    DQUOTE,
     KNOWN_METHODS,
+    LAQUOT,
     LIST_HEADERS,
     LWS,
     MAX_CSEQ,
@@ -431,7 +434,7 @@ class Message:
         if n is None:
             return False
         value = self._value(n)
-        return b"," in value and len(split_values(value)) > 1
+        return COMMA in value and len(split_values(value)) > 1
 
     @property
     def from_(self) -> NameAddr:
@@ -733,7 +736,7 @@ def _check_via_count(
         if key != _VIA:
             continue
         value = msg._value(n)
-        if b"," in value:
+        if COMMA in value:
             try:
                 count += len(split_values(value))
             except ParseError:  # unterminated quote: every comma may separate values
@@ -939,7 +942,7 @@ class ForwardPlan:
 
 def _split_raw(raw: bytes, sep: bytes) -> list[bytes]:
     """Split at ``sep`` outside quotes/<> keeping every byte (no stripping)."""
-    if b'"' not in raw and b"<" not in raw:
+    if DQUOTE not in raw and LAQUOT not in raw:
         return raw.split(sep)
     out: list[bytes] = []
     pos = 0
@@ -962,7 +965,7 @@ def _mark_received(raw_line: bytes, received: bytes | None, rport: int | None) -
     value_end = len(raw_line) if comma < 0 else comma
     value = raw_line[colon:value_end]
     low = value.lower()
-    if b'"' not in value and b"received" not in low:
+    if DQUOTE not in value and low.find(b"received") < 0:
         # Fast path (the common case): no received= yet, rport absent or a plain ";rport".
         i = low.find(b";rport") if rport is not None else -1
         nxt = low[i + 6 : i + 7]
@@ -1275,7 +1278,7 @@ def strip_top_via(resp: Response) -> bytes:
     lines = resp._lines
     v = resp._via
     line = lines[v]
-    if b"," not in line and not resp._folded:
+    if COMMA not in line and not resp._folded:
         # Fast path: the top Via line holds one value (ours), so the whole line goes.
         # Two slices of the received bytes; the offset is the lengths of the lines above.
         start = len(lines[0]) + 2 if v == 1 else sum(map(len, lines[:v])) + 2 * v
