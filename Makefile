@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 PREFIX  ?= /opt/sipedge
 DESTDIR ?=
 
-.PHONY: attacks fuzz-core run lab test lint unit e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
+.PHONY: attacks fuzz-core run lab test lint unit unit-compiled e2e bench-parse bench-core bench-load fuzz sipp tools clean check-config venv \
         install uninstall
 
 $(STAMP): pyproject.toml
@@ -72,8 +72,8 @@ tools:
 	done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sipedge tests bench fuzz
-	$(VENV)/bin/mypy --strict sipedge
+	$(VENV)/bin/ruff check sipedge tests bench fuzz setup.py
+	$(VENV)/bin/mypy --strict sipedge setup.py
 
 unit: $(STAMP) tools
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q -m 'not e2e'
@@ -81,8 +81,29 @@ unit: $(STAMP) tools
 e2e: $(STAMP) sipp tools
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q -m e2e
 
-## make test: set up and run everything CI runs (lint, types, unit, conformance, e2e)
-test: $(STAMP) sipp tools lint
+## make unit-compiled: the sans-I/O core compiled with mypyc into a wheel (as `make install`
+## builds it; setup.py), and the tests of what it compiles run against that wheel:
+## sip, gateway, proxy, catalogue, conformance, property. The wheel is installed into
+## $(COMPILED)/site, which PYTHONPATH puts first; `python -P` from $(COMPILED) and
+## --import-mode=append keep the source tree off the front of sys.path, and
+## SIPEDGE_EXPECT_COMPILED=1 makes tests/conftest.py refuse to run unless every module
+## of the core is an extension module. The wheel is built with the venv's mypy and
+## setuptools (no build isolation: make install checks that path); the C objects stay in
+## build/, so the next build compiles only what changed.
+COMPILED       := build/compiled-core
+COMPILED_TESTS := sip gateway proxy catalogue conformance property
+unit-compiled: $(STAMP)
+	rm -rf $(COMPILED)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(COMPILED)/wheel .
+	$(PY) -m pip install -q --no-deps --target $(COMPILED)/site $(COMPILED)/wheel/sipedge-*.whl
+	cd $(COMPILED) && SIPEDGE_CORPUS=$(SHARED)/corpus SIPEDGE_EXPECT_COMPILED=1 \
+	    PYTHONPATH=$(CURDIR)/$(COMPILED)/site $(CURDIR)/$(PY) -P -bb -m pytest -W error -q \
+	    -p no:cacheprovider --import-mode=append --rootdir=$(CURDIR) -c $(CURDIR)/pyproject.toml \
+	    $(addprefix $(CURDIR)/tests/,$(COMPILED_TESTS))
+
+## make test: set up and run everything CI runs (lint, types, unit, conformance, e2e), and
+## the core's tests once more against the mypyc-compiled core (unit-compiled)
+test: $(STAMP) sipp tools lint unit-compiled
 	SIPEDGE_CORPUS=$(SHARED)/corpus $(PY) -bb -m pytest -W error -q
 
 bench-parse: $(STAMP)
@@ -121,6 +142,9 @@ fuzz: $(STAMP)
 
 ## make install [DESTDIR=] [PREFIX=/opt/sipedge]: sipedge in its own venv at PREFIX, the
 ## unit, the sipedge system user and a starter config (never overwritten). As root.
+## `pip install .` compiles the sans-I/O core with mypyc (setup.py; about a minute, gcc and
+## the Python headers needed), else installs it as pure Python, and says which;
+## SIPEDGE_PURE_PYTHON=1 forces pure Python.
 ##
 ## DESTDIR (staging for a package): a venv bakes absolute paths into its scripts, so after
 ## installing into $(DESTDIR)$(PREFIX) the scripts in bin/ are rewritten to point at
@@ -139,6 +163,8 @@ install:
 	    || { echo "install: $(PYTHON) is older than 3.11" >&2; exit 1; }; \
 	$(PYTHON) -m venv "$$root"; \
 	"$$root/bin/python" -m pip install -q --disable-pip-version-check .; \
+	"$$root/bin/python" -P -c 'import sipedge; b = sipedge.core_build(); print("install: core", \
+	    "compiled (mypyc)" if b.kind == "mypyc" else f"is pure Python ({b.reason})")'; \
 	if [ -n "$$dest" ]; then \
 	    grep -lIF -- "$$root" "$$root"/bin/* | xargs -r sed -i "s|$$root|$$prefix|g"; \
 	fi; \
@@ -175,4 +201,4 @@ uninstall:
 	    "run systemctl daemon-reload"
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build

@@ -12,6 +12,11 @@ profiled in a repeatable way:
     python bench/core.py --eventlog   # events logged as the daemon does (INFO, /dev/null)
     python bench/core.py --memory     # bytes and GC-tracked objects a call holds in its
                                       # RFC 3261 wait timers (tracemalloc, gc.get_objects)
+
+An installed sipedge wins over this checkout (the repo root goes last on sys.path), so
+``PYTHONPATH=build/compiled-core/site python bench/core.py`` measures the mypyc wheel that
+``make unit-compiled`` built; the output says which core ran (``core=mypyc|python``).
+bench/instructions.sh counts instructions per call under callgrind.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # an installed sipedge wins
 
+from sipedge import core_build
 from sipedge.config import load_config
 from sipedge.daemon import build_core, tune_gc
 from sipedge.proxy.core import ProxyCore, Send
@@ -207,8 +213,9 @@ def main() -> None:
     rates = [run(args.calls, on_event, args.sdp) for _ in range(args.repeats)]
     # The gateway's answers are built with the same parser: their cost is included, so
     # the figure is a lower bound on the core's own rate.
-    print(f"core_calls_per_s={statistics.median(rates):.0f} (median of {args.repeats}, "
-          f"{args.calls} calls each; includes building the simulated gateway's answers)")
+    print(f"core_calls_per_s={statistics.median(rates):.0f} core={core_build().kind} "
+          f"(median of {args.repeats}, {args.calls} calls each; includes building the "
+          "simulated gateway's answers)")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+from sipedge import __version__, core_build
 from sipedge.admin import AdminServer
 from sipedge.config import (
     Config,
@@ -254,6 +255,11 @@ class Daemon:
         """Bind everything and send the first probes; None when READY, else an exit code."""
         loop = asyncio.get_running_loop()
         config = self.config
+        build = core_build()
+        if build.kind == "mypyc":
+            log.info("sipedge %s: core compiled (mypyc)", __version__)
+        else:
+            log.info("sipedge %s: core is pure Python (%s)", __version__, build.reason)
         try:
             config = self.config = await resolve_pbx(config)
         except OSError as exc:

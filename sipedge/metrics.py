@@ -51,7 +51,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from sipedge import __version__
+from sipedge import __version__, core_build
 from sipedge.gateway.health import ChangeReason, Health
 from sipedge.gateway.pool import GatewayStatus
 from sipedge.gateway.stats import ProbeStats
@@ -354,7 +354,8 @@ class SipedgeCollector(Collector):
         driver: returns the current driver (called once per scrape; ``.core`` is read afresh).
         loop_lag: the loop-lag monitor, or None (then its families are absent).
         gc_pauses: the GC pause monitor, or None (then its families are absent).
-        build_info: labels of ``sipedge_build_info``; default version and python.
+        build_info: labels of ``sipedge_build_info``; default version, python and core
+            (``mypyc`` when the sans-I/O core runs compiled, else ``python``).
         state: returns the daemon's lifecycle state name (``LIFECYCLE_STATES``), or None
             (then ``sipedge_state`` is absent).
         transports: returns the transports (stream closes by reason, TLS failures), or
@@ -372,7 +373,8 @@ class SipedgeCollector(Collector):
         self._transports = transports
         self._loop_lag = loop_lag
         info = build_info if build_info is not None else {
-            "version": __version__, "python": platform.python_version()}
+            "version": __version__, "python": platform.python_version(),
+            "core": core_build().kind}
         self._build_info = dict(info)
         self._state = state
 
@@ -750,8 +752,9 @@ class SipedgeCollector(Collector):
                                 value=pauses.longest_s)
         info = self._build_info
         build = _Family.gauge("sipedge_build_info",
-                                  "Always 1; the labels say which sipedge and Python run.",
-                                  labels=tuple(info))
+                              "Always 1; the labels say which sipedge and Python run, and "
+                              "whether the core is compiled (core=mypyc) or pure Python.",
+                              labels=tuple(info))
         build.add_metric(tuple(info.values()), 1)
         yield build
 

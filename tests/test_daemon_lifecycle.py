@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from sipedge import __version__, core_build
 from sipedge.config import load_config
 from sipedge.daemon import Daemon, status_line
 from sipedge.lifecycle import Phase
@@ -253,3 +254,22 @@ async def test_removed_listener_stays_open_until_its_calls_end(
     finally:
         gw_transport.close()
         pbx_transport.close()
+
+
+async def test_start_logs_whether_the_core_is_compiled(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "sipedge.toml"
+    write(path)
+    daemon = Daemon(load_config(path), notifier=Notifier(None))
+    caplog.set_level(logging.INFO, logger="sipedge")
+    assert await daemon.start() is None
+    try:
+        build = core_build()
+        expected = ("core compiled (mypyc)" if build.kind == "mypyc"
+                    else f"core is pure Python ({build.reason})")
+        lines = [r.getMessage() for r in caplog.records if "core" in r.getMessage()]
+        assert lines[0] == f"sipedge {__version__}: {expected}"
+    finally:
+        daemon.request_stop()
+        daemon.request_stop()
+        await daemon.wait_stopped()

@@ -134,6 +134,12 @@ def test_installed_venv_runs_sipedge_from_destdir(destdir: Path, tmp_path: Path)
                            capture_output=True, text=True, cwd=tmp_path, env=env,
                            timeout=60, check=True)
     assert Path(where.stdout.strip()).is_relative_to(venv), "not a non-editable install"
+    # gcc and the Python headers are on this machine: the production install is compiled.
+    build = subprocess.run([str(venv / "bin/python"), "-c",
+                            "import sipedge; print(*sipedge.core_build(), sep='|')"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env,
+                           timeout=60, check=True)
+    assert build.stdout.strip() == "mypyc|", build.stdout
     check = subprocess.run([str(venv / "bin/python"), str(script), "check", "--config",
                             str(ROOT / "conf/lab.toml")],
                            capture_output=True, text=True, cwd=tmp_path, env=env,

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from sipedge import __version__
+from sipedge import __version__, core_build
 from sipedge.admin import METRICS_CONTENT_TYPE, AdminServer
 from sipedge.gateway.health import ChangeReason, Health
 from sipedge.gateway.pool import GatewayPool
@@ -380,7 +380,9 @@ async def test_draining_state_and_build_info(lab: Lab) -> None:
         frozenset({("state", s)}): (1 if s == "ready" else 0) for s in LIFECYCLE_STATES}
     build = m.series("sipedge_build_info")
     assert list(build.values()) == [1]
-    assert dict(next(iter(build)))["version"] == __version__
+    labels = dict(next(iter(build)))
+    assert labels["version"] == __version__
+    assert labels["core"] == core_build().kind  # "python" here; "mypyc" from a wheel
     lab.h.core.set_draining(True)
     lab.state = "draining"
     m = lab.scrape()

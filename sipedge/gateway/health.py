@@ -193,11 +193,13 @@ class ReplyCodes:
         return ", ".join(parts)
 
     @classmethod
-    def parse(cls, items: Iterable[str | int]) -> ReplyCodes:
+    def parse(cls, items: Iterable[object]) -> ReplyCodes:
         """Build from config items such as ``["2xx", "404", 405]``.
 
         Args:
             items: ``"Nxx"`` for a class (N in 1–6), or a code 100–699 as int or digits.
+                Typed ``object``: any TOML value is checked here (compiled with mypyc, a
+                narrower type would raise TypeError before the check).
 
         Returns:
             The set.

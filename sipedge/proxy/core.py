@@ -394,11 +394,11 @@ class ProxyCore:
             else:
                 self.stats.requests_received += 1
                 self._on_request(msg, peer, local, direction, now)
-        except SipError as exc:
+        except SipError as err:
             # A header we interpret lazily turned out malformed: same answer as a parse error.
-            if not isinstance(exc, ParseError):
-                exc = ParseError(400, str(exc))
-            self._parse_failed(data, exc, peer, local, msg)
+            # (Not named `exc`: mypyc gives a name one type, ParseError from above.)
+            error = err if isinstance(err, ParseError) else ParseError(400, str(err))
+            self._parse_failed(data, error, peer, local, msg)
 
     def is_answerable(self, peer: Endpoint, local: Endpoint, now: float) -> bool:
         """Whether an error answer to ``peer`` on listener ``local`` may be sent at all.
@@ -1146,7 +1146,8 @@ class ProxyCore:
         """RFC 3261 §16.3 step 4 / RFC 5393: our Via with the same loop hash = a loop."""
         # Our branch marker + this loop hash is 26 bytes that only our own Via can carry;
         # one substring search over the bytes beats splitting and parsing every Via.
-        return BRANCH_PREFIX + loop in req.data
+        # find, not `in`: a bytes operand makes bytes.__contains__ build a TypeError first
+        return req.data.find(BRANCH_PREFIX + loop) >= 0
 
     # ------------------------------------------------------------------ CANCEL
 

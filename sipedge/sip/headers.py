@@ -14,7 +14,21 @@ import hashlib
 from dataclasses import dataclass
 
 from sipedge.sip.errors import ParseError
-from sipedge.sip.grammar import DIGITS, LWS, MAX_CSEQ, TOKEN_CHARS, WS, is_token
+from sipedge.sip.grammar import (
+    COMMA,
+    DIGITS,
+    DQUOTE,
+    HTAB,
+    LAQUOT,
+    LF,
+    LWS,
+    MAX_CSEQ,
+    QMARK,
+    SP,
+    TOKEN_CHARS,
+    WS,
+    is_token,
+)
 
 __all__ = [
     "CSeq",
@@ -65,7 +79,7 @@ def unfold(value: bytes) -> bytes:
     Returns:
         The value on one line; unchanged (same object) when it was not folded.
     """
-    if b"\n" not in value:
+    if LF not in value:
         return value
     parts = value.replace(b"\r\n", b"\n").split(b"\n")
     return b" ".join(p.strip(WS) for p in parts)
@@ -80,11 +94,11 @@ def find_unquoted(value: bytes, chars: bytes, start: int = 0) -> int:
     Raises:
         ParseError: 400 on an unterminated quoted string (RFC 4475 §3.1.2.6).
     """
-    if len(chars) == 1 and b'"' not in value:
+    if len(chars) == 1 and DQUOTE not in value:
         # Fast paths: no quoted string, so only <...> can hide a separator.  C-level
         # finds jump from candidate to candidate instead of a loop over every byte.
         i = value.find(chars, start)
-        if b"<" not in value:
+        if LAQUOT not in value:
             return i
         while i >= 0:
             # Inside <...> iff the last '<' before i has no '>' after it.
@@ -136,8 +150,8 @@ def split_values(value: bytes, sep: bytes = b",") -> list[bytes]:
     Raises:
         ParseError: 400 on an unterminated quoted string.
     """
-    if b'"' not in value and b"<" not in value:
-        if sep not in value:
+    if DQUOTE not in value and LAQUOT not in value:
+        if value.find(sep) < 0:
             return [value.strip(LWS)]
         return [p.strip(LWS) for p in value.split(sep)]
     out: list[bytes] = []
@@ -315,7 +329,7 @@ def parse_via(value: bytes) -> Via:
         if sp > 8 and not transport.translate(None, TOKEN_CHARS):
             semi = value.find(b";", sp)
             sent_by = value[sp + 1 :] if semi < 0 else value[sp + 1 : semi]
-            if sent_by and b" " not in sent_by:
+            if sent_by and SP not in sent_by:
                 host, port = split_host_port(sent_by)
                 return Via(transport, host, port,
                            () if semi < 0 else parse_params(value[semi + 1 :]))
@@ -341,7 +355,7 @@ def parse_via(value: bytes) -> Via:
         sent_by = rest.rstrip(WS)
     else:
         sent_by, params = rest[:semi].rstrip(WS), parse_params(rest[semi + 1 :])
-    if not sent_by or b" " in sent_by or b"\t" in sent_by:
+    if not sent_by or SP in sent_by or HTAB in sent_by:
         raise _bad("Via: bad sent-by")
     host, port = split_host_port(sent_by)
     return Via(transport, host, port, params)
@@ -466,7 +480,7 @@ def parse_name_addr(value: bytes) -> NameAddr:
         # Fast path, ``<uri>;params`` without LWS or quoted strings (RFC 3261 §20.10).
         gt = value.find(b">")
         uri = value[1:gt]
-        if gt > 0 and b"<" not in uri:
+        if gt > 0 and LAQUOT not in uri:
             _check_uri_text(uri)
             rest = value[gt + 1 :]
             if not rest:
@@ -481,7 +495,7 @@ def parse_name_addr(value: bytes) -> NameAddr:
         text = text[end + 1 :].lstrip(WS)
         if text[:1] != b"<":
             raise _bad("display name without <uri>")
-    elif b"<" in text:
+    elif LAQUOT in text:
         lt = text.find(b"<")
         words = text[:lt].split()
         if not all(is_token(w) for w in words):
@@ -498,7 +512,7 @@ def parse_name_addr(value: bytes) -> NameAddr:
         semi = text.find(b";")
         uri, rest = (text, b"") if semi < 0 else (text[:semi].rstrip(WS), text[semi:])
         # RFC 3261 §20.10: a URI with ',', '?' or ';' must be in angle brackets.
-        if b"?" in uri or b"," in uri:
+        if QMARK in uri or COMMA in uri:
             raise _bad("addr-spec with ? or , outside <>")
     _check_uri_text(uri)
     if not rest:

@@ -49,7 +49,10 @@ from typing import ClassVar, Final
 from sipedge.sip.errors import ParseError, ProtocolViolation
 from sipedge.sip.grammar import (
     CANONICAL,
+    COMMA,
+    DQUOTE,
     KNOWN_METHODS,
+    LAQUOT,
     LIST_HEADERS,
     LWS,
     MAX_CSEQ,
@@ -168,7 +171,6 @@ _CANON_GET: Final = CANONICAL.get
 #: b"100".."699" -> int: validates a status code with one dict lookup (RFC 3261 §7.2).
 _STATUS_CODES: Final = {b"%d" % code: code for code in range(100, 700)}
 _SP_OR_CR: Final = (b" ", b"\r")
-_new: Final = object.__new__
 #: How the first header line starts when it is a Via in a usual spelling.
 _VIA_LINE_STARTS: Final = (b"Via:", b"v:", b"VIA:", b"via:", b"Via :")
 # The canonical key objects themselves (the values of CANONICAL): list.index/count
@@ -432,7 +434,7 @@ class Message:
         if n is None:
             return False
         value = self._value(n)
-        return b"," in value and len(split_values(value)) > 1
+        return COMMA in value and len(split_values(value)) > 1
 
     @property
     def from_(self) -> NameAddr:
@@ -598,7 +600,9 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
         if status is None or data[:8] != b"SIP/2.0 " or data[11:12] not in _SP_OR_CR:
             msg = _parse_status_line(data[:sl])
         else:
-            msg = _new(Response)
+            # Cls.__new__(Cls) skips __init__; object.__new__(Cls) would too, but a
+            # mypyc-compiled (native) class refuses it as unsafe.
+            msg = Response.__new__(Response)
             msg.status = status
             msg.reason = data[12:sl]
         status_for_error = None
@@ -732,7 +736,7 @@ def _check_via_count(
         if key != _VIA:
             continue
         value = msg._value(n)
-        if b"," in value:
+        if COMMA in value:
             try:
                 count += len(split_values(value))
             except ParseError:  # unterminated quote: every comma may separate values
@@ -889,7 +893,7 @@ def _parse_request_line(line: bytes) -> Request:
         raise ParseError(400, "malformed method")
     if not ruri or ruri.translate(None, _RURI_CHARS):
         raise ParseError(400, "malformed Request-URI")
-    req = _new(Request)
+    req = Request.__new__(Request)
     req.method = method
     req.request_uri = ruri
     return req
@@ -906,7 +910,7 @@ def _parse_status_line(line: bytes) -> Response:
     status = int(parts[1])
     if not 100 <= status <= 699:
         raise ParseError(None, "status code out of range")
-    resp = _new(Response)
+    resp = Response.__new__(Response)
     resp.status = status
     resp.reason = parts[2] if len(parts) == 3 else b""
     return resp
@@ -938,7 +942,7 @@ class ForwardPlan:
 
 def _split_raw(raw: bytes, sep: bytes) -> list[bytes]:
     """Split at ``sep`` outside quotes/<> keeping every byte (no stripping)."""
-    if b'"' not in raw and b"<" not in raw:
+    if DQUOTE not in raw and LAQUOT not in raw:
         return raw.split(sep)
     out: list[bytes] = []
     pos = 0
@@ -961,7 +965,7 @@ def _mark_received(raw_line: bytes, received: bytes | None, rport: int | None) -
     value_end = len(raw_line) if comma < 0 else comma
     value = raw_line[colon:value_end]
     low = value.lower()
-    if b'"' not in value and b"received" not in low:
+    if DQUOTE not in value and low.find(b"received") < 0:
         # Fast path (the common case): no received= yet, rport absent or a plain ";rport".
         i = low.find(b";rport") if rport is not None else -1
         nxt = low[i + 6 : i + 7]
@@ -1274,7 +1278,7 @@ def strip_top_via(resp: Response) -> bytes:
     lines = resp._lines
     v = resp._via
     line = lines[v]
-    if b"," not in line and not resp._folded:
+    if COMMA not in line and not resp._folded:
         # Fast path: the top Via line holds one value (ours), so the whole line goes.
         # Two slices of the received bytes; the offset is the lengths of the lines above.
         start = len(lines[0]) + 2 if v == 1 else sum(map(len, lines[:v])) + 2 * v
