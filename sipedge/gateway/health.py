@@ -50,6 +50,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Final
 
 __all__ = [
     "TRANSITIONS",
@@ -142,7 +143,7 @@ _P, _U, _D, _A = Health.PROBING, Health.UP, Health.DOWN, Health.ADMIN_DOWN
 _S, _F = Streak.SUCCESS, Streak.FAILURE
 
 #: The whole machine. Every (state, signal) pair has an entry; tests enumerate them.
-TRANSITIONS: Mapping[tuple[Health, Signal], Rule] = MappingProxyType(
+TRANSITIONS: Final[Mapping[tuple[Health, Signal], Rule]] = MappingProxyType(
     {
         # PROBING: unknown, so either kind of evidence can decide it.
         (_P, Signal.SUCCESS): Rule(_S, _U),
@@ -355,7 +356,7 @@ def call_observation(
 
 
 # A value like any other: shared, since every answered call reports one (twice).
-_CALL_SUCCESS = Observation(Signal.SUCCESS, "call success", from_call=True)
+_CALL_SUCCESS: Final = Observation(Signal.SUCCESS, "call success", from_call=True)
 
 
 def _cause(obs: Observation) -> ChangeReason:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from sipedge.gateway.health import (
     ChangeReason,
@@ -53,7 +54,7 @@ from sipedge.sip.address import Endpoint
 __all__ = ["Gateway", "GatewayPool", "GatewayStatus", "gateway_id"]
 
 # States a call may be sent to, in the order the tiers are offered.
-_TIERS = (Health.UP, Health.PROBING)
+_TIERS: Final = (Health.UP, Health.PROBING)
 
 
 def gateway_id(edge: str, endpoint: Endpoint) -> str:

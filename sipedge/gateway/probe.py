@@ -27,7 +27,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from sipedge.gateway.health import Health, HealthPolicy, Observation, ReplyCodes, Signal
 from sipedge.sip.address import Endpoint
@@ -48,11 +48,12 @@ __all__ = [
 ]
 
 #: RFC 5626 §3.5.1: on an idle TCP/TLS flow, a double-CRLF "ping" answered by a CRLF "pong".
-KEEPALIVE_PING = b"\r\n\r\n"
-KEEPALIVE_PONG = b"\r\n"
+KEEPALIVE_PING: Final = b"\r\n\r\n"
+KEEPALIVE_PONG: Final = b"\r\n"
 
 # RFC 3261 §25.1 token characters: nonces go into branch, tag and Call-ID unescaped.
-_TOKEN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_TOKEN: Final = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from sipedge.gateway.monitor import GatewayMonitor, ProbeSettings
 from sipedge.gateway.pool import Gateway, GatewayPool
@@ -114,21 +114,21 @@ from sipedge.sip.uri import Uri, parse_uri
 
 __all__ = ["ProxyCore", "Send", "probe_settings"]
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
 #: Methods whose forwarded request carries our Record-Route (dialog-creating).
-_RECORD_ROUTE_METHODS = frozenset({b"INVITE", b"SUBSCRIBE", b"REFER", b"NOTIFY"})
-_EDGE_PARAMS = (b"edge", b"tnx")
-_TO_TAG_LEN = 10
-_DIRECTION_NAME = {Direction.OUTBOUND: "outbound", Direction.INBOUND: "inbound",
-                   Direction.UNKNOWN: "unknown"}
+_RECORD_ROUTE_METHODS: Final = frozenset({b"INVITE", b"SUBSCRIBE", b"REFER", b"NOTIFY"})
+_EDGE_PARAMS: Final = (b"edge", b"tnx")
+_TO_TAG_LEN: Final = 10
+_DIRECTION_NAME: Final = {Direction.OUTBOUND: "outbound", Direction.INBOUND: "inbound",
+                          Direction.UNKNOWN: "unknown"}
 
 #: An answered call with no in-dialog request for this long is forgotten (its BYE was
 #: lost, or it went another way): the calls-in-progress table stays bounded. Four hours
 #: outlasts any sane call without a session refresh (RFC 4028 refreshes every 30 min).
-CALL_IDLE_TIMEOUT_S = 4 * 3600.0
+CALL_IDLE_TIMEOUT_S: Final = 4 * 3600.0
 #: How often the table of answered calls is swept for idle ones.
-CALL_SWEEP_INTERVAL_S = 60.0
+CALL_SWEEP_INTERVAL_S: Final = 60.0
 
 
 class Send(NamedTuple):

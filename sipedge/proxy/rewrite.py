@@ -7,6 +7,7 @@ decides *what* to splice (RFC 3261 §16.6 steps 1-8).
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
 from sipedge.sip.address import Endpoint
 from sipedge.sip.uri import Uri
@@ -22,7 +23,7 @@ __all__ = [
 ]
 
 #: RFC 3261 §8.1.1.7 magic cookie, then our mark so we recognise our own branches.
-BRANCH_PREFIX = b"z9hG4bK-se"
+BRANCH_PREFIX: Final = b"z9hG4bK-se"
 
 
 def loop_hash(request_uri: bytes, call_id: bytes, from_tag: bytes | None,

@@ -17,6 +17,7 @@ import functools
 import ipaddress
 from collections.abc import Iterable
 from enum import Enum
+from typing import Final
 
 from sipedge.proxy.rewrite import record_route_value
 from sipedge.proxy.settings import Network
@@ -65,7 +66,7 @@ def _unicast(host: str) -> bool:
     return not (ip.version == 4 and ip == _LIMITED_BROADCAST)
 
 
-_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_LIMITED_BROADCAST: Final = ipaddress.IPv4Address("255.255.255.255")
 
 
 def is_allowed(host: str, networks: Iterable[Network]) -> bool:

@@ -11,7 +11,7 @@ forward, answer with a status, or drop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from sipedge.sip.errors import ParseError
 from sipedge.sip.headers import MAGIC_COOKIE, parse_name_addr, parse_via
@@ -30,15 +30,15 @@ __all__ = [
 ]
 
 #: RFC 3261 §16.3 step 2: URI schemes this proxy can route (anything else: 416).
-SUPPORTED_SCHEMES = frozenset({b"sip", b"sips", b"tel"})
+SUPPORTED_SCHEMES: Final = frozenset({b"sip", b"sips", b"tel"})
 
 #: Broadcast/unspecified addresses a response must never be sent to (RFC 4475 §3.3.10).
-_NEVER_SEND_TO = frozenset({b"255.255.255.255", b"0.0.0.0"})
+_NEVER_SEND_TO: Final = frozenset({b"255.255.255.255", b"0.0.0.0"})
 #: Route values per request: the same bound as Via (``sip.message.MAX_VIA``): a route set
 #: longer than a Max-Forwards-70 path is no dialog's.
-MAX_ROUTE = MAX_VIA
+MAX_ROUTE: Final = MAX_VIA
 #: Visible ASCII (0x21-0x7E): ``bytes.translate(None, _VISIBLE)`` leaves what is not.
-_VISIBLE = bytes(range(0x21, 0x7F))
+_VISIBLE: Final = bytes(range(0x21, 0x7F))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,12 @@ handed to the socket layer as is; it is not wire data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 __all__ = ["TRANSPORTS", "Endpoint", "default_port"]
 
 #: Transports sipedge speaks, as they are spelled in Via and in config.
-TRANSPORTS = ("udp", "tcp", "tls")
+TRANSPORTS: Final = ("udp", "tcp", "tls")
 
 
 def default_port(transport: str) -> int:

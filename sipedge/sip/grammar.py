@@ -36,18 +36,18 @@ __all__ = [
     "status_line",
 ]
 
-CRLF = b"\r\n"
+CRLF: Final = b"\r\n"
 #: RFC 3261 §25.1: WSP is SP / HTAB.
-WS = b" \t"
+WS: Final = b" \t"
 #: Linear white space including the CRLF of a folded line (RFC 3261 §7.3.1).
-LWS = b" \t\r\n"
-DIGITS = b"0123456789"
+LWS: Final = b" \t\r\n"
+DIGITS: Final = b"0123456789"
 #: RFC 3261 §25.1 token: alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~"
-TOKEN_CHARS = (
+TOKEN_CHARS: Final = (
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 )
 #: RFC 3261 §8.1.1.5: the CSeq sequence number MUST be expressible as a 32-bit unsigned int.
-MAX_CSEQ = 2**32 - 1
+MAX_CSEQ: Final = 2**32 - 1
 # Single bytes as ints, for `in` tests on the hot path: bytes.__contains__ takes an int
 # with one memchr, but first tries a bytes operand as an int and pays for a formatted
 # TypeError (~2,100 instructions a test on CPython 3.11, 12 % of a call through the
@@ -61,7 +61,7 @@ LAQUOT: Final = 0x3C
 QMARK: Final = 0x3F
 
 #: RFC 3261 §7.3.3 compact forms and the IANA registry's later additions.
-COMPACT_FORMS: dict[bytes, bytes] = {
+COMPACT_FORMS: Final[dict[bytes, bytes]] = {
     b"a": b"accept-contact",  # RFC 3841
     b"b": b"referred-by",  # RFC 3892
     b"c": b"content-type",  # RFC 3261
@@ -85,7 +85,7 @@ COMPACT_FORMS: dict[bytes, bytes] = {
 }
 
 #: Canonical key -> the spelling we write when we create a header line ourselves.
-PRETTY_NAMES: dict[bytes, bytes] = {
+PRETTY_NAMES: Final[dict[bytes, bytes]] = {
     b"accept": b"Accept",
     b"accept-contact": b"Accept-Contact",
     b"accept-encoding": b"Accept-Encoding",
@@ -172,9 +172,9 @@ def _build_canonical() -> dict[bytes, bytes]:
 
 #: Wire spelling -> canonical lowercase long-form key.  A miss falls back to
 #: :func:`canonical_name` (``.lower()`` + compact-form map).
-CANONICAL: dict[bytes, bytes] = _build_canonical()
+CANONICAL: Final[dict[bytes, bytes]] = _build_canonical()
 
-_NOT_TOKEN_DELETE = TOKEN_CHARS
+_NOT_TOKEN_DELETE: Final = TOKEN_CHARS
 
 
 def is_token(value: bytes) -> bool:
@@ -203,7 +203,7 @@ def canonical_name(name: bytes) -> bytes | None:
 #: Headers whose value is a comma-separated list (RFC 3261 §7.3.1): header_values() splits
 #: these.  Headers holding commas inside a single value (Date, WWW-Authenticate...) are not
 #: in this set.
-LIST_HEADERS: frozenset[bytes] = frozenset(
+LIST_HEADERS: Final[frozenset[bytes]] = frozenset(
     {
         b"accept",
         b"accept-contact",
@@ -235,12 +235,12 @@ LIST_HEADERS: frozenset[bytes] = frozenset(
 )
 
 #: Headers that MUST appear at most once (RFC 3261 §7.3.1 / §20; RFC 4475 §3.3.8, §3.3.9).
-SINGLETON_HEADERS: frozenset[bytes] = frozenset(
+SINGLETON_HEADERS: Final[frozenset[bytes]] = frozenset(
     {b"call-id", b"cseq", b"from", b"to", b"max-forwards", b"content-length"}
 )
 
 #: Methods this stack knows (RFC 3261 + the registered extensions a proxy meets).
-KNOWN_METHODS: frozenset[bytes] = frozenset(
+KNOWN_METHODS: Final[frozenset[bytes]] = frozenset(
     {
         b"ACK",
         b"BYE",
@@ -260,7 +260,7 @@ KNOWN_METHODS: frozenset[bytes] = frozenset(
 )
 
 #: RFC 3261 §21 default reason phrases (plus the common extension codes).
-REASON_PHRASES: dict[int, bytes] = {
+REASON_PHRASES: Final[dict[int, bytes]] = {
     100: b"Trying",
     180: b"Ringing",
     181: b"Call Is Being Forwarded",
@@ -320,7 +320,7 @@ REASON_PHRASES: dict[int, bytes] = {
 }
 
 #: Precomputed ``SIP/2.0 <code> <reason>`` start lines (no CRLF).
-STATUS_LINES: dict[int, bytes] = {
+STATUS_LINES: Final[dict[int, bytes]] = {
     code: b"SIP/2.0 %d %s" % (code, reason) for code, reason in REASON_PHRASES.items()
 }
 

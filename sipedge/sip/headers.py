@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Final
 
 from sipedge.sip.errors import ParseError
 from sipedge.sip.grammar import (
@@ -48,22 +49,22 @@ __all__ = [
 ]
 
 #: RFC 3261 §8.1.1.7 / §16.11: branch values of RFC 3261 elements start with this cookie.
-MAGIC_COOKIE = b"z9hG4bK"
+MAGIC_COOKIE: Final = b"z9hG4bK"
 
 #: A header/URI parameter: (lowercase name, raw value or None for a bare flag).
 Param = tuple[bytes, bytes | None]
 
-_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
-_IPV6_CHARS = b"0123456789abcdefABCDEF:."
-_SCHEME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
+_HOST_CHARS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-."
+_IPV6_CHARS: Final = b"0123456789abcdefABCDEF:."
+_SCHEME_CHARS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
 #: Bytes that end or break a URI in a header (LWS and the name-addr delimiters).
-_NOT_IN_URI = b' \t\r\n<>"'
+_NOT_IN_URI: Final = b' \t\r\n<>"'
 #: Bytes never inside an unquoted parameter value (RFC 3261 §25.1 gen-value).
-_NOT_IN_VALUE = b' \t\r\n"'
+_NOT_IN_VALUE: Final = b' \t\r\n"'
 #: Bytes that send a parameter list to the general (quote/angle-aware) splitter.
-_NOT_IN_PARAMS = b' \t\r\n"<'
+_NOT_IN_PARAMS: Final = b' \t\r\n"<'
 #: Bytes that send a Via value to the general (LWS/folding/quoting-aware) parser.
-_NOT_IN_VIA = b'\t\r\n"'
+_NOT_IN_VIA: Final = b'\t\r\n"'
 
 
 def _bad(reason: str) -> ParseError:

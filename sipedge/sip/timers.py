@@ -14,7 +14,7 @@ that decision belongs to the transaction (``transaction.py``), not to this table
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 __all__ = ["TimerName", "Timers"]
 
@@ -22,10 +22,10 @@ __all__ = ["TimerName", "Timers"]
 TimerName = Literal["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M"]
 
 #: RFC 3261 §16.6 step 11: Timer C "MUST be larger than 3 minutes".
-_TIMER_C = 180.0
+_TIMER_C: Final = 180.0
 
 #: RFC 3261 §17.1.1.2: Timer D is "at least 32 seconds" for unreliable transports.
-_TIMER_D_MIN = 32.0
+_TIMER_D_MIN: Final = 32.0
 
 
 @dataclass(frozen=True, slots=True)

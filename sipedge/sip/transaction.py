@@ -235,7 +235,7 @@ Table = Mapping[tuple[State, Input], tuple[State, tuple[Effect, ...]]]
 # RFC 3261 §17.1.1.2 figure 5, amended by RFC 6026 §7.2 figure 5.
 # Timer B runs in Calling only: once a provisional arrives the call may ring for minutes,
 # and bounding that is the proxy's Timer C (§16.6 step 11), not the transaction's.
-_INVITE_CLIENT: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] = {
+_INVITE_CLIENT: Final[dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]]] = {
     (S.CALLING, In.TIMER_A): (S.CALLING, (E.SEND_REQUEST, E.BACKOFF_A)),
     (S.CALLING, In.TIMER_B): (S.TERMINATED, (E.TIMED_OUT,)),
     (S.CALLING, In.TRANSPORT_ERROR): (S.TERMINATED, (E.TRANSPORT_FAILED,)),
@@ -256,7 +256,7 @@ _INVITE_CLIENT: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] = {
 }
 
 # RFC 3261 §17.1.2.2 figure 6. Final responses are 200-699 alike for non-INVITE.
-_NON_INVITE_CLIENT: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] = {
+_NON_INVITE_CLIENT: Final[dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]]] = {
     (S.TRYING, In.TIMER_E): (S.TRYING, (E.SEND_REQUEST, E.BACKOFF_E)),
     (S.TRYING, In.TIMER_F): (S.TERMINATED, (E.TIMED_OUT,)),
     (S.TRYING, In.TRANSPORT_ERROR): (S.TERMINATED, (E.TRANSPORT_FAILED,)),
@@ -276,7 +276,7 @@ _NON_INVITE_CLIENT: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] 
 
 # RFC 3261 §17.2.1 figure 7, amended by RFC 6026 §7.1 figure 7. The transaction starts in
 # Proceeding; sending 100 Trying is the TU's job (the proxy core does it, §16.2).
-_INVITE_SERVER: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] = {
+_INVITE_SERVER: Final[dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]]] = {
     (S.PROCEEDING, In.REQUEST): (S.PROCEEDING, (E.RESEND_RESPONSE,)),
     (S.PROCEEDING, In.TU_1XX): (S.PROCEEDING, (E.SEND_RESPONSE,)),
     (S.PROCEEDING, In.TU_2XX): (S.ACCEPTED, (E.SEND_RESPONSE, E.ARM_L)),
@@ -300,7 +300,7 @@ _INVITE_SERVER: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] = {
 }
 
 # RFC 3261 §17.2.2 figure 8.
-_NON_INVITE_SERVER: dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]] = {
+_NON_INVITE_SERVER: Final[dict[tuple[State, Input], tuple[State, tuple[Effect, ...]]]] = {
     # §17.2.2: in Trying, request retransmissions are discarded (nothing to re-send yet).
     (S.TRYING, In.REQUEST): (S.TRYING, ()),
     (S.TRYING, In.TU_1XX): (S.PROCEEDING, (E.SEND_RESPONSE,)),

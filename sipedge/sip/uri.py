@@ -10,6 +10,7 @@ splice bytes instead of re-serialising.  Comparison follows RFC 3261 §19.1.4
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from sipedge.sip.errors import ParseError
 from sipedge.sip.grammar import is_token
@@ -17,12 +18,12 @@ from sipedge.sip.headers import Param, split_host_port
 
 __all__ = ["Uri", "parse_uri", "unescape", "uri_equal"]
 
-_SCHEME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
-_HEX = b"0123456789abcdefABCDEF"
+_SCHEME_CHARS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
+_HEX: Final = b"0123456789abcdefABCDEF"
 #: Bytes never legal unescaped in a URI on the wire (controls, SP, DEL, delimiters).
-_FORBIDDEN = bytes(range(0, 0x21)) + b'\x7f<>"'
+_FORBIDDEN: Final = bytes(range(0, 0x21)) + b'\x7f<>"'
 #: RFC 3261 §19.1.4: these parameters must match when present in either URI.
-_MUST_MATCH = (b"user", b"ttl", b"method", b"maddr", b"transport")
+_MUST_MATCH: Final = (b"user", b"ttl", b"method", b"maddr", b"transport")
 
 
 def _bad(reason: str) -> ParseError:
