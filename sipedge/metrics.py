@@ -36,7 +36,7 @@ import gc
 import platform
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client import (
@@ -347,6 +347,15 @@ class GcPauseMonitor:
             self.longest_s = pause
 
 
+def _by_reason(name: str, documentation: str, reasons: Iterable[str],
+               counts: Mapping[str, int]) -> _Family:
+    """A counter labelled ``reason`` with every known reason present from zero."""
+    family = _Family.counter(name, documentation, labels=("reason",))
+    for why in reasons:
+        family.add_metric((why,), counts.get(why, 0))
+    return family
+
+
 class SipedgeCollector(Collector):
     """Turns the core's stats and the pool's snapshot into metric families at scrape time.
 
@@ -407,26 +416,18 @@ class SipedgeCollector(Collector):
         for reason, count in transports.stream_closes.items():
             closes.add_metric((reason.value,), count)
         yield closes
-        tls = _Family.counter(
+        yield _by_reason(
             "sipedge_tls_failures",
             "Outbound TLS handshakes to gateways that failed, by reason (untrusted, expired, "
             "hostname_mismatch, protocol_version...): the call failed over.",
-            labels=("reason",))
-        failures = transports.tls_failures
-        for why in TLS_FAILURE_REASONS:
-            tls.add_metric((why,), failures.get(why, 0))
-        yield tls
-        inbound = _Family.counter(
+            TLS_FAILURE_REASONS, transports.tls_failures)
+        yield _by_reason(
             "sipedge_tls_inbound_failures",
             "TLS handshakes of peers connecting to sipedge's TLS listeners that failed, by "
             "reason (protocol_version: TLS 1.0/1.1 only, not_tls: plain text such as SIP "
             "over TCP to the TLS port, certificate: the client refused ours, timeout, "
             "closed: gone mid-handshake, handshake_failed: other).",
-            labels=("reason",))
-        refused = transports.tls_inbound_failures
-        for why in TLS_INBOUND_FAILURE_REASONS:
-            inbound.add_metric((why,), refused.get(why, 0))
-        yield inbound
+            TLS_INBOUND_FAILURE_REASONS, transports.tls_inbound_failures)
         yield _Family.gauge("sipedge_stream_connections",
                             "Open TCP/TLS connections (inbound and outbound).",
                             value=transports.connection_count)
