@@ -8,7 +8,10 @@ to it (synthesised here as they come back through the proxy, i.e. with our Via o
   pushed, Record-Route added, Max-Forwards - 1, received/rport on the PBX's Via),
 * response Via-strip (parse the 180/200, pop the top Via, serialise),
 
-in messages/s as the median of >= 5 repeats, for both libraries.  The last line is
+in messages/s as the median of >= 5 repeats, for both libraries; then, for sipedge alone,
+the nanoseconds per ``call_id_of`` on the INVITE (the Call-ID scan a multi-process shell
+runs on every datagram of a shared listener to steer it) against ``parse(...).call_id``.
+The last line is
 ``forward_vs_sipmessage=<ratio>x strip_vs_sipmessage=<ratio>x`` for scripts.
 
 Usage: python bench/parse.py [--repeats N] [--seconds S]
@@ -33,6 +36,7 @@ from sipedge.sip import (  # noqa: E402
     Request,
     Response,
     build_response,
+    call_id_of,
     forward_request,
     parse,
     strip_top_via,
@@ -151,6 +155,12 @@ def sipmessage_ops(invite: bytes, ringing: bytes, ok: bytes) -> dict[str, Callab
     return {"parse": lambda: Message.parse(invite), "forward": forward, "strip": strip}
 
 
+def measure_ns(fn: Callable[[], object], repeats: int, seconds: float) -> float:
+    """Median nanoseconds per call of ``fn``."""
+    n = _batch_size(fn, seconds)
+    return statistics.median(1e9 / _rate(fn, n) for _ in range(repeats))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=9)
@@ -172,6 +182,10 @@ def main() -> None:
         a, b = measure_pair(ours[op], theirs[op], args.repeats, args.seconds)
         ratios[op] = a / b
         print(f"{labels[op]:<34}{a:>15,.0f}{b:>19,.0f}{a / b:>8.1f}x")
+    scan = measure_ns(lambda: call_id_of(invite), args.repeats, args.seconds)
+    full = measure_ns(lambda: parse(invite).call_id, args.repeats, args.seconds)
+    print(f"{'call_id_of (INVITE, steering)':<34}{scan:>12,.0f} ns  "
+          f"(parse + .call_id {full:,.0f} ns, {full / scan:.1f}x)")
     print(f"forward_vs_sipmessage={ratios['forward']:.1f}x strip_vs_sipmessage={ratios['strip']:.1f}x")
 
 

@@ -91,6 +91,7 @@ __all__ = [
     "build_cancel",
     "build_request",
     "build_response",
+    "call_id_of",
     "forward_request",
     "parse",
     "strip_top_via",
@@ -914,6 +915,120 @@ def _parse_status_line(line: bytes) -> Response:
     resp.status = status
     resp.reason = parts[2] if len(parts) == 3 else b""
     return resp
+
+
+# -- Call-ID without a parse (worker steering) --------------------------------------------
+
+#: The usual spelling of a Call-ID header line: one C-level search finds it.
+_CALL_ID_LINE: Final = b"\r\nCall-ID:"
+#: Where the value starts after a match of :data:`_CALL_ID_LINE`.
+_CALL_ID_VALUE_OFFSET: Final = len(_CALL_ID_LINE)
+#: A header name that means Call-ID, lowercased (RFC 3261 §20.8 and its compact form).
+_CALL_ID_NAMES: Final = (b"call-id", b"i")
+_CR: Final = 0x0D
+_LOWER_C: Final = 0x63
+_LOWER_I: Final = 0x69
+_ASCII_LOWER_BIT: Final = 0x20
+
+
+def call_id_of(data: bytes) -> bytes | None:
+    """The Call-ID of a raw request or response, by byte search (no parse, no index).
+
+    For the shell of a multi-process edge, which hashes it to pick the worker that owns
+    the call (``proxy.steering``) before any worker parsed the datagram: it must cost far
+    less than :func:`parse`, and it must say what ``parse(data).call_id`` says for every
+    message the parser accepts, or two messages of one call could land on two workers.
+
+    The usual spelling is found with one C-level search, ``\\r\\nCall-ID:`` (a header line
+    starts right after a line end, and no value holds a line end not followed by WSP, RFC
+    3261 §7.3.1), checked to lie before the end of the header block. Anything else --
+    other casings, the compact form ``i``, WSP before the colon -- takes a scan of the
+    header line starts, which stops at the empty line ending the headers, so a body
+    (``message/sipfrag``, ``message/sip``) is never read. The scan takes a bare LF as a
+    line end too: ``parse`` refuses such a message (answered 400 by whichever worker gets
+    it), but its Call-ID is still the one a lenient reader would see. Whatever the bytes,
+    the same bytes give the same answer, which is all steering needs of a message the
+    parser refuses. Leading CRLFs (RFC 3261 §7.5 keep-alives) are skipped as ``parse``
+    skips them.
+
+    Args:
+        data: one datagram or one framed stream message.
+
+    Returns:
+        The value with surrounding whitespace stripped and folding unfolded (exactly as
+        :attr:`Message.call_id`), ``b""`` for an empty Call-ID, None when there is no
+        Call-ID header. Never raises.
+    """
+    if data[:2] == b"\r\n":
+        data = data.lstrip(b"\r\n")  # as parse(): CRLFs before the start line are ignored
+    i = data.find(_CALL_ID_LINE)
+    # In the header block: the block's end (parse()'s first CRLF CRLF) is not before the
+    # line at i; the bound makes the search cover exactly the bytes that would say so.
+    if i >= 0 and data.find(b"\r\n\r\n", 0, i + 2) < 0:
+        return _field_value(data, i + _CALL_ID_VALUE_OFFSET)
+    return _scan_call_id(data)
+
+
+def _scan_call_id(data: bytes) -> bytes | None:
+    """:func:`call_id_of`'s slow path: every header line start, case-insensitively."""
+    size = len(data)
+    nl = data.find(b"\n")  # the end of the start line
+    while nl >= 0:
+        start = nl + 1
+        nl = data.find(b"\n", start)
+        stop = size if nl < 0 else nl
+        if nl >= 0 and stop > start and data[stop - 1] == _CR:
+            stop -= 1
+        if stop == start:
+            return None  # the empty line: the headers ended without a Call-ID
+        # Only names starting with c or i can be Call-ID: no slice for the other lines
+        # (a continuation line starts with WSP and is skipped the same way).
+        initial = data[start] | _ASCII_LOWER_BIT
+        if initial != _LOWER_C and initial != _LOWER_I:
+            continue
+        colon = data.find(b":", start, stop)
+        if colon < 0:
+            continue
+        name = data[start:colon].rstrip(WS)  # RFC 3261 §7.3.1 allows WSP before the colon
+        if (len(name) == 7 or len(name) == 1) and name.lower() in _CALL_ID_NAMES:
+            return _field_value(data, colon + 1)
+    return None
+
+
+def _field_value(data: bytes, start: int) -> bytes:
+    """The header value starting at ``start`` (after the colon), as the index returns it.
+
+    The value runs to the first line end not followed by WSP (folded lines included) and
+    is stripped like :meth:`Message._value`: unfolded and LWS-stripped when folded, else
+    WS-stripped. A bare CR at either end of an unfolded value is stripped only when the
+    header block holds a folded line anywhere, because that is when the index strips
+    every value of LWS.
+    """
+    size = len(data)
+    end = data.find(b"\n", start)
+    if end < 0:
+        end = size  # no line end at all: parse() refuses this; still an answer
+    folded = False
+    while end + 1 < size and data[end + 1] in _WSP:
+        folded = True
+        end = data.find(b"\n", end + 1)
+        if end < 0:
+            end = size
+    stop = end - 1 if end < size and end > start and data[end - 1] == _CR else end
+    raw = data[start:stop]
+    if folded:
+        return unfold(raw).strip(LWS)
+    value = raw.strip(WS)
+    if value and (value[0] == _CR or value[-1] == _CR) and _has_folded_line(data):
+        return value.strip(LWS)
+    return value
+
+
+def _has_folded_line(data: bytes) -> bool:
+    """True when a header line of ``data`` is a continuation (starts with WSP)."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    return head.find(b"\n ") >= 0 or head.find(b"\n\t") >= 0
 
 
 # -- forwarding (RFC 3261 §16.6) ---------------------------------------------------------

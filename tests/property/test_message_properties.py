@@ -3,7 +3,9 @@
 * arbitrary bytes and every truncation of every corpus message give a message or a
   ParseError (or None from the stream framer) -- never another exception, and fast;
 * generated valid requests survive forward_request() byte-exact apart from the spans a
-  proxy changes, and forwarding then stripping our Via on the response is consistent.
+  proxy changes, and forwarding then stripping our Via on the response is consistent;
+* call_id_of() (the steering scan) says what parse().call_id says for every corpus message
+  and every generated header order, casing, compact form and whitespace parse() accepts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sipedge.sip import (
     StreamFramer,
     build_request,
     build_response,
+    call_id_of,
     forward_request,
     parse,
     strip_top_via,
@@ -344,3 +347,97 @@ def test_garbage_under_tiny_limits_parse_or_parse_error(data: bytes, limits: Lim
         assert not exc.reason.startswith("internal"), exc.reason
         if exc.status in (513, 414):
             assert not data.lstrip(b"\r\n").startswith(b"SIP/")
+
+
+# -- call_id_of: the steering scan agrees with the parser ------------------------------------
+
+
+def parsed_call_id(data: bytes) -> bytes | None:
+    """``parse(data).call_id``, or None when the parser or the index refuses the message."""
+    msg = parse_or_error(data)
+    if msg is None:
+        return None
+    try:
+        return msg.call_id
+    except ParseError:
+        return None
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_call_id_of_equals_parse_on_the_corpus(case) -> None:  # type: ignore[no-untyped-def]
+    expected = parsed_call_id(case.data)
+    if expected is not None:
+        assert call_id_of(case.data) == expected
+
+
+def test_call_id_of_corpus_is_not_vacuous() -> None:
+    agreed = [c for c in CASES if parsed_call_id(c.data) is not None]
+    assert len(agreed) >= len(CASES) // 2, "most corpus messages have a parsable Call-ID"
+
+
+def _any_case(draw: st.DrawFn, name: bytes) -> bytes:
+    flips = draw(st.lists(st.booleans(), min_size=len(name), max_size=len(name)))
+    return bytes(c ^ 0x20 if flip and chr(c).isalpha() else c for c, flip in zip(name, flips, strict=True))
+
+
+#: What may follow a header name and precede the colon (RFC 3261 §7.3.1 HCOLON), and what
+#: may follow the colon (LWS, folding included) or end the value.
+BEFORE_COLON = st.sampled_from([b"", b" ", b"\t", b"  ", b" \t"])
+AFTER_COLON = st.sampled_from([b"", b" ", b"\t", b"   ", b"\r\n ", b"\r\n\t", b" \r\n  "])
+AFTER_VALUE = st.sampled_from([b"", b" ", b"\t", b" \t "])
+WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~()<>:\\\"/[]?{}",
+               min_size=1, max_size=16).map(str.encode)
+DECOYS = [b"X-Call-ID: decoy", b"Call-Info: <http://x/decoy>", b"In-Reply-To: decoy@x",
+          b"I-Am: decoy", b"Call-IDx: decoy", b"Contact: <sip:decoy@x>", b"Subject: Call-ID: decoy",
+          b"CSeq-Note: i: decoy"]
+
+
+@st.composite
+def call_id_messages(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """A valid request or response with its Call-ID spelt and placed any way the grammar
+    allows, decoy headers around it and decoy Call-IDs in its body; and the Call-ID."""
+    call_id = draw(WORD) + draw(st.sampled_from([b"", b"@"])) + draw(st.sampled_from([b"", b"host.example"]))
+    compact = draw(st.booleans())
+    name = draw(st.sampled_from([b"i", b"I"])) if compact else _any_case(draw, b"Call-ID")
+    line = name + draw(BEFORE_COLON) + b":" + draw(AFTER_COLON) + call_id + draw(AFTER_VALUE)
+    method = draw(st.sampled_from([b"INVITE", b"BYE", b"OPTIONS", b"CANCEL", b"ACK"]))
+    others = [b"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK" + draw(TOKEN),
+              b"From: <sip:a@example.org>;tag=" + draw(TOKEN), b"To: <sip:b@example.com>",
+              b"CSeq: %d %s" % (draw(st.integers(0, 2**31)), method)]
+    others += draw(st.lists(st.sampled_from(DECOYS), max_size=4, unique=True))
+    if draw(st.booleans()):
+        # A folded header elsewhere: the index then strips every value of LWS.
+        others.append(b"Subject: one\r\n two")
+    order = draw(st.permutations([*others, line]))
+    body = draw(st.sampled_from([b"", b"Call-ID: in-body\r\n", b"\r\ni: in-body\r\nCall-ID: x\r\n"]))
+    if draw(st.booleans()):
+        start = b"SIP/2.0 %d Reason" % draw(st.integers(100, 699))
+    else:
+        start = method + b" sip:b@example.com SIP/2.0"
+    head = b"\r\n".join([start, *order, b"Content-Length: %d" % len(body)])
+    keepalive = draw(st.sampled_from([b"", b"\r\n", b"\r\n\r\n"]))
+    return keepalive + head + b"\r\n\r\n" + body, call_id
+
+
+@FAST
+@given(call_id_messages())
+def test_call_id_of_equals_parse_for_generated_spellings(message: tuple[bytes, bytes]) -> None:
+    data, call_id = message
+    assert parsed_call_id(data) == call_id  # the generator makes only valid messages
+    assert call_id_of(data) == call_id
+
+
+@FAST
+@given(SIPISH)
+def test_call_id_of_agrees_with_parse_on_sip_shaped_garbage(data: bytes) -> None:
+    expected = parsed_call_id(data)
+    got = call_id_of(data)  # never raises, whatever the bytes
+    if expected is not None:
+        assert got == expected
+
+
+@FAST
+@given(st.binary(max_size=1024))
+def test_call_id_of_never_raises(data: bytes) -> None:
+    got = call_id_of(data)
+    assert got is None or isinstance(got, bytes)

@@ -15,6 +15,7 @@ from sipedge.sip import (
     build_cancel,
     build_request,
     build_response,
+    call_id_of,
     forward_request,
     parse,
     strip_top_via,
@@ -228,3 +229,87 @@ def test_has_next_via_agrees_with_via_count(vias: bytes, expected: bool) -> None
     msg = parse(data)
     assert msg.has_next_via is expected
     assert (msg.via_count > 1) is expected
+
+
+# -- call_id_of: the Call-ID by byte search (worker steering) -------------------------------
+
+
+def test_call_id_of_usual_spelling_equals_the_parsed_value() -> None:
+    assert call_id_of(INVITE) == b"c1@host" == req().call_id
+
+
+@pytest.mark.parametrize("line", [
+    b"i: c1@host", b"I: c1@host", b"call-id: c1@host", b"CALL-ID: c1@host", b"Call-Id: c1@host",
+    b"cAlL-iD: c1@host", b"Call-ID : c1@host", b"Call-ID\t:c1@host", b"i :\t c1@host \t",
+    b"Call-ID:c1@host", b"Call-ID:   c1@host  ",
+])
+def test_call_id_of_other_spellings_and_whitespace(line: bytes) -> None:
+    data = INVITE.replace(b"Call-ID: c1@host", line)
+    assert call_id_of(data) == b"c1@host" == req(data).call_id
+
+
+def test_call_id_of_folded_value_is_unfolded_like_the_index() -> None:
+    for fold in (b"Call-ID:\r\n c1@host", b"i:\r\n\t c1@host\r\n  ", b"call-id: c1\r\n @host"):
+        data = INVITE.replace(b"Call-ID: c1@host", fold)
+        assert call_id_of(data) == req(data).call_id
+
+
+def test_call_id_of_response() -> None:
+    resp = (b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bK1\r\n"
+            b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\ni: r-7@h\r\nCSeq: 1 INVITE\r\n"
+            b"Content-Length: 0\r\n\r\n")
+    assert call_id_of(resp) == b"r-7@h"
+    assert call_id_of(resp.replace(b"i: ", b"Call-ID: ")) == b"r-7@h"
+
+
+def test_call_id_of_never_reads_the_body() -> None:
+    # A message/sipfrag (or message/sip) body holds header lines of another message.
+    body = b"SIP/2.0 200 OK\r\nCall-ID: other@x\r\ni: other@y\r\n"
+    without = INVITE.replace(b"Call-ID: c1@host\r\n", b"").replace(
+        b"Content-Length: 4\r\n\r\nabcd", b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert call_id_of(without) is None
+    compact = without.replace(b"CSeq: 1 INVITE", b"i: mine\r\nCSeq: 1 INVITE")
+    assert call_id_of(compact) == b"mine"
+    # The same with the usual spelling in the body right after the empty line.
+    assert call_id_of(b"OPTIONS sip:x SIP/2.0\r\nVia: v\r\n\r\nCall-ID: body\r\n") is None
+
+
+def test_call_id_of_skips_keepalive_crlfs_like_parse() -> None:
+    assert call_id_of(b"\r\n\r\n" + INVITE) == b"c1@host" == req(b"\r\n\r\n" + INVITE).call_id
+    assert call_id_of(b"\r\n\r\n") is None
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\r\n", b"INVITE", b"INVITE sip:x SIP/2.0\r\n", b"INVITE sip:x SIP/2.0\r\nC",
+    b"INVITE sip:x SIP/2.0\r\nCall-ID", b"INVITE sip:x SIP/2.0\r\nX-Call-ID: no\r\n\r\n",
+    b"INVITE sip:x SIP/2.0\r\nCall-IDs: no\r\nIn-Reply-To: no\r\nid: no\r\n\r\n",
+    b"Call-ID: start-line\r\n\r\n", b"\x00\xff\n\n\r",
+])
+def test_call_id_of_absent(data: bytes) -> None:
+    assert call_id_of(data) is None
+
+
+def test_call_id_of_empty_value_and_unterminated_line() -> None:
+    assert call_id_of(INVITE.replace(b"Call-ID: c1@host", b"Call-ID:   ")) == b""
+    assert call_id_of(b"BYE sip:x SIP/2.0\r\nCall-ID: cut") == b"cut"
+    assert call_id_of(b"BYE sip:x SIP/2.0\r\ni: cut\r") == b"cut\r"
+
+
+def test_call_id_of_bare_lf_lines_read_leniently() -> None:
+    # parse() refuses bare LF line ends; the scan still finds the header a lenient reader
+    # would, and stops at the empty line.
+    data = INVITE.replace(b"\r\n", b"\n")
+    with pytest.raises(ParseError):
+        parse(data).call_id  # noqa: B018
+    assert call_id_of(data) == b"c1@host"
+    assert call_id_of(data.replace(b"Call-ID: c1@host", b"i: c2")) == b"c2"
+    assert call_id_of(b"BYE sip:x SIP/2.0\nVia: v\n\ni: body\n") is None
+
+
+def test_call_id_of_bare_cr_at_the_edge_stripped_as_the_index_strips_it() -> None:
+    # The index strips LWS (CR included) off every value only when the block has a fold.
+    plain = INVITE.replace(b"Call-ID: c1@host", b"Call-ID: c1@host\r")
+    folded = plain.replace(b"Max-Forwards: 70", b"Max-Forwards:\r\n 70")
+    for data in (plain, folded):
+        assert call_id_of(data) == req(data).call_id
+    assert call_id_of(plain) == b"c1@host\r" and call_id_of(folded) == b"c1@host"
