@@ -10,7 +10,9 @@ The monitor has the same shape as the proxy core (after aioquic's ``QuicConnecti
   ``reload(pool, now, probed)`` / ``reconfigure(settings)``.
 * Outputs: ``drain_outbox()`` → ``ProbeSend(data, dest, local)`` records,
   ``drain_events()`` → the ``GatewayStateChanged`` events the results caused,
-  ``next_deadline()`` → when to call ``handle_timer``. It never reads a clock or does I/O.
+  ``next_deadline()`` → when to call ``handle_timer``, and with ``share_results=True``
+  ``drain_results()`` → every ``(gateway_id, ProbeResult)`` it applied to its pool. It never
+  reads a clock or does I/O.
 
 ``ProbeSchedule`` says when each gateway is due; at most one probe is in flight per gateway.
 A probe is an ordinary non-INVITE client transaction (RFC 3261 §17.1.2, Timer E
@@ -26,10 +28,13 @@ is noticed in about ``down_after × interval_down_s``), and never inside a Retry
 hold-down.
 
 The pool is shared with whatever routes calls by it. In one process the ``ProxyCore`` holds
-the monitor and delegates to it (its outbox and deadline are folded into the core's). A
-core built without a monitor takes probe results from elsewhere (``ProxyCore.observe_probe``):
-the step toward N worker processes that probe each gateway once between them, as Twilio asks
-(about one OPTIONS per 10 s per gateway).
+the monitor and delegates to it (its outbox and deadline are folded into the core's). With N
+worker processes only one of them (worker 0) has a monitor, so each gateway is probed once
+between them, as Twilio asks (about one OPTIONS per 10 s per gateway): built with
+``share_results=True`` it keeps every result it applies, the shell of that worker drains them
+(``ProxyCore.drain_probe_results``) and sends them to the other workers, whose monitor-less
+cores apply them to their own pools (``ProxyCore.observe_probe``) with the same hysteresis.
+Without ``share_results`` nothing is kept: a single process grows no list.
 
 The monitor writes its own address into each probe (Via sent-by, From, Call-ID host), so it
 is told which listener to send from per transport (``ProbeSettings.sources``) and says so in
@@ -109,11 +114,11 @@ class _Probe:
 class GatewayMonitor:
     """OPTIONS probes to every gateway of a pool. See the module docstring for the contract."""
 
-    __slots__ = ("_counter", "_events", "_heap", "_outbox", "_probes", "_seq", "instance",
-                 "pool", "schedule", "settings", "stats")
+    __slots__ = ("_counter", "_events", "_heap", "_outbox", "_probes", "_results", "_seq",
+                 "instance", "pool", "schedule", "settings", "share_results", "stats")
 
     def __init__(self, pool: GatewayPool, schedule: ProbeSchedule, settings: ProbeSettings,
-                 *, instance: bytes = b"") -> None:
+                 *, instance: bytes = b"", share_results: bool = False) -> None:
         """Build a monitor; ``start`` schedules the first probes.
 
         Args:
@@ -122,6 +127,8 @@ class GatewayMonitor:
             settings: listeners, timers, timeout and User-Agent of the probes.
             instance: token characters unique per process run (drawn once by the shell), so
                 probe Call-IDs and branches stay unique across restarts (RFC 3261 §8.1.1.4).
+            share_results: keep every probe result applied to ``pool`` for
+                ``drain_results`` (the prober of N workers shares them); off, none is kept.
         """
         self.pool = pool
         self.schedule = schedule
@@ -136,6 +143,9 @@ class GatewayMonitor:
         self._counter = itertools.count(1)  # the probe nonce (with ``instance``)
         self._outbox: list[ProbeSend] = []
         self._events: list[GatewayStateChanged] = []
+        self.share_results = share_results
+        #: (gateway id, result) in the order applied; only filled with share_results.
+        self._results: list[tuple[str, ProbeResult]] = []
 
     # ------------------------------------------------------------------ outputs
 
@@ -147,6 +157,16 @@ class GatewayMonitor:
     def drain_events(self) -> list[GatewayStateChanged]:
         """Health changes the probe results caused since the last call."""
         out, self._events = self._events, []
+        return out
+
+    def drain_results(self) -> list[tuple[str, ProbeResult]]:
+        """The probe results applied to the pool since the last call, oldest first.
+
+        Always empty unless the monitor was built with ``share_results=True``. Feeding them,
+        in order, to another pool's ``observe`` (``ProxyCore.observe_probe``) gives it the
+        health this pool has.
+        """
+        out, self._results = self._results, []
         return out
 
     def next_deadline(self) -> float | None:
@@ -319,6 +339,8 @@ class GatewayMonitor:
     def _result(self, gateway: Gateway, result: ProbeResult, now: float) -> None:
         pool = self.pool
         self._events.extend(pool.observe(gateway.id, result, now))
+        if self.share_results:
+            self._results.append((gateway.id, result))
         record = pool.record(gateway.id)
         health = record.state
         if health is Health.UP and record.failures:

@@ -30,8 +30,8 @@ transport error is reported to both, and the monitor's probes and health events 
 this core's ``drain_outbox()``/``drain_events()`` (as ``Send`` records from the outside
 listener of the gateway's transport). A core built with ``monitor=None`` sends no probe:
 its pool's health comes from calls and from probe results observed elsewhere (another
-process's monitor), fed in through ``observe_probe`` — the step toward N workers that
-probe each gateway once between them.
+process's monitor), fed in through ``observe_probe``: with N workers only worker 0 probes,
+and the shell forwards what its core's ``drain_probe_results()`` returns to the others.
 """
 
 from __future__ import annotations
@@ -500,6 +500,16 @@ class ProxyCore:
             now: when it was observed.
         """
         self._events.extend(self.pool.observe(gateway_id, result, now))
+
+    def drain_probe_results(self) -> list[tuple[str, ProbeResult]]:
+        """The monitor's probe results since the last call, for the other workers.
+
+        What the shell of the probing worker sends to the others, each of which feeds them
+        to its own core's ``observe_probe`` in order. Empty for a core without a monitor,
+        and for a monitor not built with ``share_results=True``.
+        """
+        monitor = self.monitor
+        return monitor.drain_results() if monitor is not None else []
 
     @property
     def probe_stats(self) -> ProbeStats:

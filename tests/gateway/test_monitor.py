@@ -13,7 +13,7 @@ import pytest
 from sipedge.gateway.health import GatewayStateChanged, Health, HealthPolicy
 from sipedge.gateway.monitor import GatewayMonitor, ProbeSend, ProbeSettings
 from sipedge.gateway.pool import Gateway, GatewayPool
-from sipedge.gateway.probe import ProbeSchedule
+from sipedge.gateway.probe import ProbeSchedule, Replied, TimedOut
 from sipedge.sip.address import Endpoint
 from sipedge.sip.message import Response, parse
 from sipedge.sip.timers import Timers
@@ -43,14 +43,15 @@ class Rig:
     """A monitor on a fake clock, and everything it sent and reported."""
 
     def __init__(self, *endpoints: Endpoint, up_after: int = 2, down_after: int = 3,
-                 instance: bytes = b"run1") -> None:
+                 instance: bytes = b"run1", share_results: bool = False) -> None:
         self.clock = FakeClock()
         self.pool = make_pool(*(endpoints or (UDP_GW, TCP_GW)), now=self.clock.now,
                               up_after=up_after, down_after=down_after)
         schedule = ProbeSchedule(rng=random.Random(7), interval_up_s=INTERVAL_UP_S,
                                  interval_down_s=INTERVAL_DOWN_S, jitter=0.0)
         settings = ProbeSettings(sources=SOURCES, timers=Timers(), timeout_s=TIMEOUT_S)
-        self.monitor = GatewayMonitor(self.pool, schedule, settings, instance=instance)
+        self.monitor = GatewayMonitor(self.pool, schedule, settings, instance=instance,
+                                      share_results=share_results)
         self.events: list[GatewayStateChanged] = []
 
     @property
@@ -312,3 +313,50 @@ def test_reload_changing_a_gateway_in_flight_keeps_probing_it() -> None:
     fresh = [s for s in out if s.dest == UDP_GW]
     assert rig.reply(fresh[-1]) is True
     assert {r.id: r.last_code for r in rig.monitor.pool.snapshot()}[gateway(UDP_GW).id] == 200
+
+
+# -- shared results (issue 14: one prober for N workers) ----------------------------------------
+
+
+def test_shared_results_are_every_result_applied_in_order() -> None:
+    rig = Rig(UDP_GW, TCP_GW, share_results=True)
+    sends = rig.start()
+    rig.clock.advance(0.003)
+    assert rig.reply(only(sends, UDP_GW), 200)
+    rig.monitor.transport_error(TCP_GW, rig.now)  # the TCP probe: SendFailed
+    results = rig.monitor.drain_results()
+    assert [(gid, type(r).__name__) for gid, r in results] == [
+        (gateway(UDP_GW).id, "Replied"), (gateway(TCP_GW).id, "SendFailed")]
+    replied = results[0][1]
+    assert isinstance(replied, Replied) and replied.code == 200
+    assert replied.rtt_s == pytest.approx(0.003)
+    assert rig.monitor.drain_results() == []  # handed over
+    rig.advance(INTERVAL_DOWN_S + TIMEOUT_S)  # the next probes go unanswered
+    assert sorted((gid, type(r)) for gid, r in rig.monitor.drain_results()) == sorted(
+        [(gateway(UDP_GW).id, TimedOut), (gateway(TCP_GW).id, TimedOut)])
+
+
+def test_shared_results_give_another_pool_the_same_health() -> None:
+    rig = Rig(UDP_GW, TCP_GW, up_after=2, down_after=2, share_results=True)
+    mirror = make_pool(UDP_GW, TCP_GW, now=rig.now, up_after=2, down_after=2)
+    sends = rig.start()
+    for _ in range(30):  # the UDP gateway answers at once, the TCP one never
+        for send in sends:
+            if send.dest == UDP_GW:
+                rig.reply(send)
+        sends = rig.advance(1.0)
+    events = []
+    for gid, result in rig.monitor.drain_results():
+        events += mirror.observe(gid, result, rig.now)
+    assert rig.state(UDP_GW) is Health.UP and rig.state(TCP_GW) is Health.DOWN
+    for ep in (UDP_GW, TCP_GW):
+        assert mirror.state(gateway(ep).id) is rig.state(ep)
+    assert [(e.gateway_id, e.new) for e in events] == [(e.gateway_id, e.new) for e in rig.events]
+
+
+def test_results_are_not_kept_unless_shared() -> None:
+    rig = Rig(UDP_GW)
+    rig.reply(only(rig.start(), UDP_GW))
+    rig.advance(10 * (INTERVAL_DOWN_S + TIMEOUT_S))
+    assert rig.monitor.stats.probes_sent > 5
+    assert rig.monitor.drain_results() == []

@@ -167,7 +167,8 @@ class ProxyHarness:
     Every input helper returns the ``Send`` records the core produced for that input (and
     keeps them in ``sent`` too); events accumulate in ``events``. ``probing=False`` builds
     the core without a gateway monitor (``monitor`` is then None): nothing probes, and
-    health comes in through ``core.observe_probe``.
+    health comes in through ``core.observe_probe``; ``share_results=True`` builds the
+    monitor so (``core.drain_probe_results``, the prober of N workers).
     """
 
     clock: FakeClock = field(default_factory=FakeClock)
@@ -177,6 +178,7 @@ class ProxyHarness:
     interval_up_s: float = 600.0
     interval_down_s: float = 5.0
     probing: bool = True
+    share_results: bool = False
     sent: list[Send] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
@@ -203,7 +205,7 @@ class ProxyHarness:
             schedule = ProbeSchedule(rng=random.Random(7), interval_up_s=self.interval_up_s,
                                      interval_down_s=self.interval_down_s, jitter=0.0)
             self.monitor = GatewayMonitor(self.pool, schedule, probe_settings(self.settings),
-                                          instance=b"test")
+                                          instance=b"test", share_results=self.share_results)
         self.core = ProxyCore(self.settings, self.pool, monitor=self.monitor)
 
     # -- plumbing ---------------------------------------------------------------------------

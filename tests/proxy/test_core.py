@@ -957,3 +957,24 @@ def test_gauges_count_live_transactions(h: ProxyHarness) -> None:
     h.advance(64 * 0.5 + 40)
     stats = h.core.refresh_gauges()
     assert stats.server_transactions == 0
+
+
+def test_probe_results_of_a_sharing_monitor_give_a_monitorless_core_the_same_health() -> None:
+    # N workers: worker 0's core probes and its shell forwards the results to the others.
+    prober = ProxyHarness(share_results=True)
+    worker = ProxyHarness(probing=False, clock=prober.clock)
+    prober.bring_up(VIRGINIA[:2])
+    results = prober.core.drain_probe_results()
+    assert results and prober.core.drain_probe_results() == []
+    for gateway_id, result in results:
+        worker.core.observe_probe(gateway_id, result, prober.now)
+    for gw in (*VIRGINIA, *OREGON):
+        assert worker.state(gw) is prober.state(gw), gw
+    assert worker.state(VIRGINIA[0]) is Health.UP
+    assert worker.core.drain_probe_results() == []  # no monitor: nothing to share
+
+
+def test_probe_results_not_kept_without_share_results() -> None:
+    h = ProxyHarness()
+    h.bring_up(VIRGINIA)
+    assert h.core.drain_probe_results() == []
