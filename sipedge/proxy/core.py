@@ -215,8 +215,9 @@ def probe_settings(settings: ProxySettings) -> ProbeSettings:
     """The probe settings of a core with ``settings`` (applied to its monitor at build/reload).
 
     Probes leave from the outside listener of the gateway's transport, the one calls leave
-    from (``Listeners.egress``), so Twilio's ACL sees one source; timers, timeout and
-    User-Agent are the core's.
+    from (``Listeners.egress``: a worker's own endpoint for it, so the replies come back to
+    the worker whose monitor sent the probe), so Twilio's ACL sees one source per worker;
+    timers, timeout and User-Agent are the core's.
 
     Args:
         settings: the core's settings.
@@ -224,7 +225,7 @@ def probe_settings(settings: ProxySettings) -> ProbeSettings:
     Returns:
         The monitor's ``ProbeSettings``.
     """
-    listeners = Listeners(settings.inside, settings.outside)
+    listeners = _listeners(settings)
     return ProbeSettings(
         sources={t: listeners.egress(outside=True, transport=t) for t in TRANSPORTS},
         timers=settings.timers, timeout_s=settings.probe_timeout_s,
@@ -277,7 +278,7 @@ class ProxyCore:
         if monitor is not None:
             monitor.reconfigure(probe_settings(settings))
         self.stats = ProxyStats()
-        self.listeners = Listeners(settings.inside, settings.outside)
+        self.listeners = _listeners(settings)
         self._gateway_hosts = frozenset(g.endpoint.host for g in pool.gateways())
         self._gateway_edges = {g.endpoint.host: g.edge for g in pool.gateways()}
         self._direction_cache: dict[str, Direction] = {}
@@ -596,12 +597,14 @@ class ProxyCore:
                     probed: Iterable[str] | None = None) -> None:
         """Swap in a reloaded config whole: settings, listeners, ACLs and the pool.
 
-        Requests in flight finish on the plan they started with (their branches keep their
-        destination, listener and gateway); new requests use the new settings. Gateway
-        health carries over for gateways that stay (``reload_pool``).
+        A worker's own endpoints and its siblings' come with the settings: they are
+        replaced with the listeners. Requests in flight finish on the plan they started
+        with (their branches keep their destination, listener and gateway); new requests
+        use the new settings. Gateway health carries over for gateways that stay
+        (``reload_pool``).
         """
         self.settings = settings
-        self.listeners = Listeners(settings.inside, settings.outside)
+        self.listeners = _listeners(settings)
         self._inside_only, self._outside_only = _sides(settings)
         self.admission.reconfigure(settings.limits, now)
         if self.monitor is not None:
@@ -1129,9 +1132,12 @@ class ProxyCore:
         if req.method in _RECORD_ROUTE_METHODS and req.to_tag is None:
             rr = self.listeners.record_route
             # RFC 5658 double Record-Route when the two sides use different listeners:
-            # each side then sees the address it can reach.
-            record_route = ((rr(local),) if local == ctx.local
-                            else (rr(local), rr(ctx.local)))
+            # each side then sees the address it can reach. Compared as values: a worker
+            # sends from its own alias of the shared listener the request came in on, and
+            # both have the alias's value (one entry, as in a single process).
+            outgoing, incoming = rr(local), rr(ctx.local)
+            record_route = ((outgoing,) if outgoing == incoming
+                            else (outgoing, incoming))
         received, rport = self._received(req, ctx.peer)
         plan = ForwardPlan(via=via_value(local, branch), request_uri=new_uri,
                            record_route=record_route, pop_routes=popped,
@@ -1275,12 +1281,14 @@ class ProxyCore:
             self.stats.stray_responses += 1
             self.stats.count_drop(DropReason.STRAY_RESPONSE)
             return
-        local = self.listeners.egress(outside=dest.host in self._gateway_hosts,
-                                      transport=dest.transport)
+        toward_twilio = dest.host in self._gateway_hosts
+        local = self.listeners.egress(outside=toward_twilio, transport=dest.transport)
         self._outbox.append(Send(strip_top_via(resp), dest, local))
         self.stats.responses_forwarded += 1
-        self.stats.count_response(resp.status, Direction.INBOUND if local in
-                                  self.listeners.outside else Direction.OUTBOUND)
+        # A 2xx going to a gateway answers a call from Twilio. (Asked of the side rather
+        # than of ``local``: a worker's egress is its own alias, in no listener tuple.)
+        self.stats.count_response(resp.status, Direction.INBOUND if toward_twilio
+                                  else Direction.OUTBOUND)
 
     def _is_party(self, host: str) -> bool:
         """True for the PBX (allowed callers and the callee) and the gateways."""
@@ -1574,13 +1582,23 @@ def _expiry(entry: _Settled | float) -> float:
     return entry.expires if isinstance(entry, _Settled) else entry
 
 
+def _listeners(settings: ProxySettings) -> Listeners:
+    """The core's listeners: the shared ones and, in a worker, its own and its siblings'."""
+    return Listeners(settings.inside, settings.outside, own=settings.own,
+                     siblings=settings.siblings)
+
+
 def _sides(settings: ProxySettings) -> tuple[frozenset[Endpoint], frozenset[Endpoint]]:
     """Listeners that face only the PBX, and only Twilio (a shared socket faces both).
 
     The inside accepts only ``inside.allow`` (and the PBX), the outside only the
-    gateways: a source arriving on the other side's socket is dropped.
+    gateways: a source arriving on the other side's socket is dropped. A worker's own
+    endpoint is on the side(s) of the shared listener it is the alias of, so a message
+    arriving on it is classified exactly as one on the shared listener.
     """
-    inside, outside = frozenset(settings.inside), frozenset(settings.outside)
+    own = settings.own
+    inside = frozenset([*settings.inside, *(own[ep] for ep in settings.inside if ep in own)])
+    outside = frozenset([*settings.outside, *(own[ep] for ep in settings.outside if ep in own)])
     return inside - outside, outside - inside
 
 

@@ -8,20 +8,23 @@ its *source address* (not by the socket it arrived on, so one shared listener wo
 * anything else                        → ``Direction.UNKNOWN``  (dropped or 403).
 
 Loose routing (RFC 3261 §16.4, §16.12): Route values that name one of our listeners are
-popped; the next hop of an in-dialog request is the next Route, else the Request-URI.
+popped; the next hop of an in-dialog request is the next Route, else the Request-URI. With N
+worker processes, "our listeners" are the shared ones and every worker's own endpoints
+(``Listeners``).
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from enum import Enum
+from types import MappingProxyType
 from typing import Final
 
 from sipedge.proxy.rewrite import record_route_value
 from sipedge.proxy.settings import Network
-from sipedge.sip.address import Endpoint, default_port
+from sipedge.sip.address import TRANSPORTS, Endpoint, default_port
 from sipedge.sip.errors import SipError
 from sipedge.sip.headers import parse_name_addr
 from sipedge.sip.uri import Uri, parse_uri
@@ -67,6 +70,8 @@ def _unicast(host: str) -> bool:
 
 
 _LIMITED_BROADCAST: Final = ipaddress.IPv4Address("255.255.255.255")
+#: ``Listeners(own=...)`` of a single process: no aliases.
+_NO_ALIASES: Final[Mapping[Endpoint, Endpoint]] = MappingProxyType({})
 
 
 def is_allowed(host: str, networks: Iterable[Network]) -> bool:
@@ -122,23 +127,63 @@ def uri_endpoint(uri: Uri) -> Endpoint | None:
 
 
 class Listeners:
-    """Our own addresses on both sides, for "is this Route/URI me?" and egress choice."""
+    """Our own addresses on both sides, for "is this Route/URI me?" and egress choice.
 
-    __slots__ = ("_needles", "_own", "_own_values", "_rr", "inside", "outside")
+    In a single process the listeners are the configured sockets. A worker of N (issue 14)
+    also owns an endpoint per listener (``own``: shared listener → its own alias, same
+    transport and host, another port): what it forwards leaves from the alias and names it
+    in Via and Record-Route (:meth:`egress`, :meth:`record_route`), so that responses and
+    in-dialog requests come back to the worker holding the transaction, not to whichever
+    worker the kernel picks on the shared socket. Every worker's aliases (``siblings``)
+    count as ours for :meth:`is_own`, :meth:`is_own_endpoint` and :meth:`is_own_route`: a
+    Route naming worker 1's port reached worker 0 only through a stale or steered path, and
+    it is still this proxy (pop it, do not route to it, it is no loop target either).
 
-    def __init__(self, inside: tuple[Endpoint, ...], outside: tuple[Endpoint, ...]) -> None:
+    Everything is precomputed here, once per (re)configuration: the methods run per
+    message and allocate nothing for our own listeners.
+    """
+
+    __slots__ = ("_egress_inside", "_egress_outside", "_needles", "_own", "_own_values", "_rr",
+                 "inside", "outside", "own", "siblings")
+
+    def __init__(self, inside: tuple[Endpoint, ...], outside: tuple[Endpoint, ...], *,
+                 own: Mapping[Endpoint, Endpoint] = _NO_ALIASES,
+                 siblings: tuple[Endpoint, ...] = ()) -> None:
+        """Precompute the tables.
+
+        Args:
+            inside: the listeners facing the PBX (shared between workers).
+            outside: the listeners facing Twilio (shared between workers).
+            own: shared listener → this worker's own endpoint for it (empty: none).
+            siblings: every worker's own endpoints, this worker's included.
+        """
         self.inside = inside
         self.outside = outside
-        own: set[tuple[str, int]] = set()
-        for ep in (*inside, *outside):
-            own.add((ep.host, ep.port))
-        self._own = frozenset(own)
+        self.own = dict(own)
+        self.siblings = siblings
+        aliases = tuple(self.own.values())
+        everything = (*inside, *outside, *aliases, *siblings)
+        self._own = frozenset((ep.host, ep.port) for ep in everything)
         # Substrings one of our Route/URI values must contain: a cheap pre-check that
         # spares a full name-addr/URI parse for the (common) foreign values.
-        self._needles = tuple({ep.host.encode("ascii") for ep in (*inside, *outside)})
-        # The exact values we Record-Route with: in-dialog Routes are copies of them.
-        self._rr = {ep: record_route_value(ep) for ep in (*inside, *outside)}
-        self._own_values = frozenset(self._rr.values())
+        self._needles = tuple({ep.host.encode("ascii") for ep in everything})
+        # The exact values we Record-Route with: in-dialog Routes are copies of them. A
+        # shared listener Record-Routes with its alias (the very same bytes object), so
+        # both entries of a double Record-Route name this worker and compare equal.
+        rr: dict[Endpoint, bytes] = {ep: record_route_value(ep) for ep in everything}
+        for shared, alias in self.own.items():
+            rr[shared] = rr[alias]
+        self._rr = rr
+        # Every name of us a Route can carry: shared listeners too (a dialog set up before
+        # the workers started, or by a single process) and every worker's.
+        self._own_values = frozenset(
+            [*rr.values(), *(record_route_value(ep) for ep in (*inside, *outside))])
+        self._egress_inside = _egress_table(inside, self.own)
+        self._egress_outside = _egress_table(outside, self.own)
+
+    def alias(self, listener: Endpoint) -> Endpoint:
+        """This worker's own endpoint for shared ``listener`` (``listener`` itself if none)."""
+        return self.own.get(listener, listener)
 
     def is_own(self, uri: Uri) -> bool:
         """True when ``uri``'s host:port is one of our listeners (RFC 3261 §16.4)."""
@@ -153,7 +198,7 @@ class Listeners:
         return (host, uri.port) in self._own
 
     def is_own_endpoint(self, endpoint: Endpoint) -> bool:
-        """True when ``endpoint`` is one of our listeners' host:port."""
+        """True when ``endpoint`` is one of our listeners' (or workers') host:port."""
         return (endpoint.host, endpoint.port) in self._own
 
     def is_own_route(self, value: bytes) -> bool:
@@ -168,18 +213,36 @@ class Listeners:
             return False
 
     def record_route(self, listener: Endpoint) -> bytes:
-        """Our Record-Route value for ``listener`` (precomputed for our listeners)."""
+        """Our Record-Route value for ``listener``: a shared listener's names its alias."""
         value = self._rr.get(listener)
         if value is None:
             value = record_route_value(listener)
         return value
 
     def egress(self, outside: bool, transport: str) -> Endpoint:
-        """The listener a message to the given side leaves from."""
-        side = self.outside if outside else self.inside
-        for ep in side:
-            if ep.transport == transport:
-                return ep
-        first = side[0]
-        # No listener of that transport on this side: connect out from the side's address.
-        return Endpoint(transport, first.host, first.port)
+        """The endpoint a message to the given side leaves from: the first listener of
+        that side and transport, as this worker's alias of it."""
+        table = self._egress_outside if outside else self._egress_inside
+        endpoint = table.get(transport)
+        if endpoint is None:
+            # Not one of TRANSPORTS, or a side without listeners: what the loop did.
+            side = self.outside if outside else self.inside
+            first = self.alias(side[0])
+            endpoint = Endpoint(transport, first.host, first.port)
+        return endpoint
+
+
+def _egress_table(side: tuple[Endpoint, ...],
+                  own: Mapping[Endpoint, Endpoint]) -> dict[str, Endpoint]:
+    """Transport → the endpoint messages to ``side`` leave from (``Listeners.egress``)."""
+    table: dict[str, Endpoint] = {}
+    for ep in side:
+        table.setdefault(ep.transport, own.get(ep, ep))  # the first of its transport
+    if side:
+        first = own.get(side[0], side[0])
+        for transport in TRANSPORTS:
+            if transport not in table:
+                # No listener of that transport on this side: connect out from the side's
+                # address.
+                table[transport] = Endpoint(transport, first.host, first.port)
+    return table

@@ -2,12 +2,19 @@
 
 ``sipedge.config`` builds these from TOML; the core never sees file paths, key names or
 dicts (house rule 10). A whole ``ProxySettings`` can be swapped on reload.
+
+With N worker processes (issue 14, ``[process] workers``) each worker's core runs on
+settings built for its :class:`WorkerPlace`: the shared listeners, plus the worker's own
+endpoint for each of them (``ProxySettings.own``), where what it forwards leaves from and
+what answers it comes back to, and every worker's endpoints (``siblings``), which are all
+"us" for loop detection and Route popping.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 
 from sipedge.proxy.admission import AdmissionLimits
@@ -16,7 +23,7 @@ from sipedge.sip.address import Endpoint
 from sipedge.sip.message import Limits
 from sipedge.sip.timers import Timers
 
-__all__ = ["Network", "ProxySettings", "RejectUnknown"]
+__all__ = ["Network", "ProxySettings", "RejectUnknown", "WorkerPlace"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -26,6 +33,26 @@ class RejectUnknown(Enum):
 
     DROP = "drop"  # silent: scanners learn nothing (the default)
     FORBIDDEN = "403"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlace:
+    """Which of the worker processes a core runs in.
+
+    Attributes:
+        index: this worker, ``0 .. count - 1`` (worker 0 probes the gateways).
+        count: how many workers run (``[process] workers``).
+
+    Raises:
+        ValueError: ``count`` below 1 or ``index`` outside ``0 .. count - 1``.
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"worker {self.index} of {self.count}: expected 0 <= index < count")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +85,14 @@ class ProxySettings:
             gateways (``proxy.media``); None turns the check off.
         user_agent: the User-Agent of requests sipedge originates (OPTIONS probes), or
             None for none (the default: no product string for an attacker to read).
+        own: shared listener → this worker's own endpoint for it (same transport and
+            host, its own port), for every listener of ``inside`` and ``outside``; empty
+            in a single process (the default). Forwarded requests leave from, and name in
+            their Via and Record-Route, the own endpoint of the listener they would have
+            used, so responses and in-dialog requests come straight back to this worker.
+        siblings: every worker's own endpoints, this worker's included: a Route or
+            Request-URI naming any of them is us (``proxy.routing.Listeners``). Empty in
+            a single process.
     """
 
     inside: tuple[Endpoint, ...]
@@ -77,3 +112,5 @@ class ProxySettings:
     max_message_bytes: int = 65535
     user_agent: bytes | None
     message_limits: Limits
+    own: Mapping[Endpoint, Endpoint] = field(default_factory=dict)
+    siblings: tuple[Endpoint, ...] = ()

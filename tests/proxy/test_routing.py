@@ -91,3 +91,73 @@ def test_listeners_egress_picks_side_and_transport() -> None:
     assert listeners.egress(outside=False, transport="tcp") == INSIDE[1]
     # No TLS listener outside: connect out from the outside address.
     assert listeners.egress(outside=True, transport="tls") == Endpoint("tls", "127.0.0.3", 5060)
+
+
+# -- a worker's own endpoints (issue 14) ------------------------------------------------------
+
+#: Worker 0 of 2 with port_stride 100: its own alias of every listener, and both workers'.
+OWN = {INSIDE[0]: Endpoint("udp", "127.0.0.1", 5180), INSIDE[1]: Endpoint("tcp", "127.0.0.1", 5180),
+       OUTSIDE[0]: Endpoint("udp", "127.0.0.3", 5160)}
+SIBLINGS = (*OWN.values(), Endpoint("udp", "127.0.0.1", 5280), Endpoint("tcp", "127.0.0.1", 5280),
+            Endpoint("udp", "127.0.0.3", 5260))
+
+
+def worker_listeners() -> Listeners:
+    return Listeners(INSIDE, OUTSIDE, own=OWN, siblings=SIBLINGS)
+
+
+def test_worker_egress_is_the_own_alias_of_the_listener_used_before() -> None:
+    listeners = worker_listeners()
+    assert listeners.egress(outside=True, transport="udp") == OWN[OUTSIDE[0]]
+    assert listeners.egress(outside=False, transport="udp") == OWN[INSIDE[0]]
+    assert listeners.egress(outside=False, transport="tcp") == OWN[INSIDE[1]]
+    # No TLS listener outside: connect out from the outside alias's address.
+    assert listeners.egress(outside=True, transport="tls") == Endpoint("tls", "127.0.0.3", 5160)
+    assert listeners.egress(outside=True, transport="sctp") == Endpoint("sctp", "127.0.0.3", 5160)
+
+
+def test_worker_egress_allocates_nothing_per_call() -> None:
+    listeners = worker_listeners()
+    assert listeners.egress(outside=True, transport="udp") is listeners.egress(
+        outside=True, transport="udp")
+    assert listeners.egress(outside=True, transport="tls") is listeners.egress(
+        outside=True, transport="tls")
+
+
+def test_worker_record_route_of_a_shared_listener_names_its_alias() -> None:
+    listeners = worker_listeners()
+    assert listeners.record_route(OUTSIDE[0]) == b"<sip:127.0.0.3:5160;lr>"
+    assert listeners.record_route(INSIDE[1]) == b"<sip:127.0.0.1:5180;transport=tcp;lr>"
+    # Shared and alias give the very same value: a double Record-Route collapses to one.
+    assert listeners.record_route(INSIDE[0]) is listeners.record_route(OWN[INSIDE[0]])
+    assert listeners.record_route(SIBLINGS[-1]) == b"<sip:127.0.0.3:5260;lr>"
+    assert listeners.alias(OUTSIDE[0]) == OWN[OUTSIDE[0]]
+    assert listeners.alias(Endpoint("udp", "127.0.0.9", 1)) == Endpoint("udp", "127.0.0.9", 1)
+
+
+@pytest.mark.parametrize("uri,own", [
+    (b"sip:127.0.0.3:5160;lr", True),  # this worker
+    (b"sip:127.0.0.3:5260;lr", True),  # worker 1
+    (b"sip:127.0.0.1:5280;transport=tcp;lr", True),
+    (b"sip:127.0.0.3:5060;lr", True),  # the shared listener
+    (b"sip:127.0.0.3:5360;lr", False),  # no worker 2
+    (b"sip:127.0.0.64:5160;lr", False),
+])
+def test_worker_is_own_counts_every_sibling(uri: bytes, own: bool) -> None:
+    listeners = worker_listeners()
+    assert listeners.is_own(parse_uri(uri)) is own
+    assert listeners.is_own_route(b"<" + uri + b">") is own
+    assert listeners.is_own_endpoint(uri_endpoint(parse_uri(uri)) or Endpoint("udp", "-", 0)) is own
+
+
+def test_worker_is_own_route_knows_every_record_route_value_exactly() -> None:
+    listeners = worker_listeners()
+    for ep in (*INSIDE, *OUTSIDE, *SIBLINGS):
+        assert listeners.is_own_route(listeners.record_route(ep))
+
+
+def test_single_process_listeners_have_no_aliases() -> None:
+    listeners = Listeners(INSIDE, OUTSIDE)
+    assert listeners.own == {} and listeners.siblings == ()
+    assert listeners.record_route(OUTSIDE[0]) == b"<sip:127.0.0.3:5060;lr>"
+    assert not listeners.is_own_endpoint(Endpoint("udp", "127.0.0.3", 5160))
