@@ -26,6 +26,8 @@ with the dataclasses) and, when the core needs it, :func:`build_settings`.
 from __future__ import annotations
 
 import ipaddress
+import math
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
@@ -48,7 +50,7 @@ from sipedge.catalogue import load as load_catalogue
 from sipedge.logs import LOG_FORMATS, LogFormat
 from sipedge.proxy.admission import AdmissionLimits
 from sipedge.proxy.media import MediaRange
-from sipedge.proxy.settings import ProxySettings, RejectUnknown
+from sipedge.proxy.settings import ProxySettings, RejectUnknown, WorkerPlace
 from sipedge.sip.address import TRANSPORTS, Endpoint, default_port
 from sipedge.sip.message import MAX_BRANCH_BYTES, MAX_HEADERS, MAX_LINE_BYTES, MAX_VIA, Limits
 from sipedge.sip.timers import Timers
@@ -72,16 +74,20 @@ __all__ = [
     "LogConfig",
     "OutsideConfig",
     "ProbeConfig",
+    "ProcessConfig",
     "TlsConfig",
+    "auto_workers",
     "build_settings",
     "build_stream_settings",
     "load_config",
     "parse_config",
     "section_keys",
     "summary",
+    "worker_endpoints",
 ]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 RejectPolicy = Literal["drop", "403"]
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound="DataclassInstance")
@@ -90,6 +96,13 @@ _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 # Twilio asks for at most one OPTIONS ping per 10–15 s per gateway (interconnect facts).
 _TWILIO_MIN_PROBE_INTERVAL_S = 10.0
+#: [process] bounds: more workers than this is a typo, not a machine; a stride above
+#: 30000 leaves no room for even one worker above the default SIP ports.
+_MAX_WORKERS = 64
+_MAX_PORT_STRIDE = 30000
+#: Worker endpoints that would bind the same port: UDP is one port space, TCP and TLS
+#: (TLS runs over TCP) the other.
+_PORT_SPACE: Mapping[str, str] = MappingProxyType({"udp": "udp", "tcp": "tcp", "tls": "tcp"})
 
 
 _STREAM = StreamSettings()
@@ -327,9 +340,52 @@ class DaemonConfig:
     drain_timeout_s: float = 30.0
 
 
+def auto_workers() -> int:
+    """``workers = "auto"``: one worker per CPU this process may run on (at least 1).
+
+    The CPUs of the affinity mask when the platform has one (a systemd ``CPUAffinity=`` or
+    a container's cpuset gives fewer than ``os.cpu_count()``), capped at the 64 workers
+    the key allows.
+    """
+    # No affinity mask on macOS or Windows: every CPU counts.
+    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1)
+    return min(max(1, cpus), _MAX_WORKERS)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessConfig:
+    """``[process]``: worker processes sharing the listeners (issue 14).
+
+    With ``workers`` > 1 the daemon's parent binds every listener once and starts that many
+    workers, which share them. Besides, worker ``i`` (0-based) owns an endpoint of its own
+    for every listener: same transport and host, port ``listener port + port_stride × (i +
+    1)``. It sends what it forwards from there and names it in Via and Record-Route, so
+    responses and in-dialog requests come back to the worker holding the transaction;
+    requests arriving on a shared listener are handed to the worker that owns their
+    Call-ID. Each worker's admission limits are the ``[limits]`` divided among the workers
+    (``build_settings``). Worker 0 alone probes the gateways and shares the results.
+
+    Attributes:
+        workers: how many worker processes; ``"auto"`` in the file is one per CPU
+            (:func:`auto_workers`). 1 (the default) runs one process, as before.
+        port_stride: the distance between a listener's port and worker 0's own port for
+            it, and between consecutive workers' ports.
+    """
+
+    workers: int = 1
+    port_stride: int = 100
+
+
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """``[limits]``: admission control (``sipedge.proxy.admission`` explains each rule).
+
+    The values are for the whole proxy. With ``[process] workers`` > 1 each worker gets its
+    share (``build_settings``): the rates divided by the workers, the bursts and
+    ``max_transactions`` divided and rounded up, every one at least 1 (0 stays "off").
+    ``max_sources``, ``ban_s`` and ``emergency_numbers`` are per worker as written: every
+    worker sees every source.
 
     Attributes:
         source_rate_per_s: sustained messages/s from one inside source IP before a ban
@@ -401,6 +457,7 @@ class Config:
         log: ``[log]``.
         daemon: ``[daemon]``.
         limits: ``[limits]``.
+        process: ``[process]``.
         warnings: ``key: text`` lines worth logging once (not errors).
     """
 
@@ -417,6 +474,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
     warnings: tuple[str, ...] = field(default=(), metadata={"key": False})
 
     @property
@@ -871,10 +929,12 @@ class _Loader:
             log=t.get("log", self.log),
             daemon=t.get("daemon", self.daemon),
             limits=t.get("limits", self.limits),
+            process=t.get("process", self.process),
         )
         t.done()
         self.check_probe(config)
         self.check_tls(config)
+        self.check_process(config)
         return replace(config, warnings=tuple(self.warnings))
 
     def inside(self, raw: Any, where: str) -> InsideConfig:
@@ -1063,6 +1123,72 @@ class _Loader:
                        max_header_line_bytes=self.count, max_via=self.count,
                        max_branch_bytes=self.count)
 
+    def process(self, raw: Any, where: str) -> ProcessConfig:
+        t = _Table(self, raw, where, ProcessConfig)
+        return t.build(workers=self.workers, port_stride=self.port_stride)
+
+    def workers(self, value: Any, key: str) -> int:
+        """``"auto"`` (one per CPU) or an integer 1–64."""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return auto_workers()
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f'expected "auto" or an integer, got {value!r}')
+        if not 1 <= value <= _MAX_WORKERS:
+            raise self.error(key, f'{value}: expected 1 to {_MAX_WORKERS}, or "auto"')
+        return value
+
+    def port_stride(self, value: Any, key: str) -> int:
+        number = self.typed(value, key, int)
+        if not 1 <= number <= _MAX_PORT_STRIDE:
+            raise self.error(key, f"{number}: expected 1 to {_MAX_PORT_STRIDE}")
+        return number
+
+    def check_process(self, config: Config) -> None:
+        """With several workers, every worker endpoint must be a port of its own.
+
+        Worker ports derive from the listener ports, so a listener on port 0 (ephemeral)
+        cannot have workers. Each derived endpoint must be a valid port and must not take
+        the port of a listener, of the admin listener, or of another derived endpoint in
+        the same port space (UDP; TCP and TLS) on the same host, an unspecified address
+        (0.0.0.0, ::) taking the port on every host of its family: the bind would fail,
+        or worse, steal the other socket's traffic.
+        """
+        process = config.process
+        if process.workers == 1:
+            return
+        for ep in config.listen:
+            if ep.port == 0:
+                raise self.error(
+                    "process.workers",
+                    f"{process.workers} workers need fixed listener ports (worker ports derive "
+                    f"from them): {ep} has port 0",
+                )
+        taken: dict[tuple[str, int], list[tuple[IPAddress, str]]] = {}
+        fixed = [(ep, f"listener {ep}") for ep in config.listen]
+        if config.admin.listen is not None:
+            fixed.append((config.admin.listen, f"admin.listen {config.admin.listen.hostport}"))
+        for ep, name in fixed:  # collisions between these are not [process]'s to report
+            taken.setdefault((_PORT_SPACE[ep.transport], ep.port), []).append(
+                (ipaddress.ip_address(ep.host), name))
+        for index in range(process.workers):
+            for shared, own in _derive_endpoints(config, index).items():
+                if own.port > 65535:
+                    raise self.error(
+                        "process.port_stride",
+                        f"worker {index}'s port for {shared} would be {own.port}, above 65535: "
+                        "fewer workers, a smaller port_stride or a lower listener port",
+                    )
+                name = f"worker {index}'s {own} (for {shared})"
+                ip = ipaddress.ip_address(own.host)
+                claims = taken.setdefault((_PORT_SPACE[own.transport], own.port), [])
+                for other_ip, other in claims:
+                    if _same_host(ip, other_ip):
+                        raise self.error(
+                            "process.port_stride",
+                            f"{name} collides with {other}: choose another port_stride",
+                        )
+                claims.append((ip, name))
+
     def message_size(self, value: Any, key: str) -> int:
         """A stream message size cap: at least a minimal INVITE, at most 16 MiB."""
         number = self.typed(value, key, int)
@@ -1077,6 +1203,11 @@ class _Loader:
         if not digits.isdigit() or len(digits) > 15:
             raise self.error(key, f"{text!r}: expected a dial string of digits (E.164 max 15)")
         return digits
+
+
+def _same_host(a: IPAddress, b: IPAddress) -> bool:
+    """True when sockets bound to ``a`` and ``b`` on one port would collide."""
+    return a.version == b.version and (a == b or a.is_unspecified or b.is_unspecified)
 
 
 def _kind_name(kind: type) -> str:
@@ -1137,15 +1268,65 @@ def _is_dns_name(text: str) -> bool:
 # The core's settings (house.md layer 3: config builds them, the core never sees TOML)
 
 
-def build_settings(config: Config) -> ProxySettings:
+def worker_endpoints(config: Config, index: int) -> dict[Endpoint, Endpoint]:
+    """Worker ``index``'s own endpoint for every listener (``[process]``).
+
+    Args:
+        config: a validated configuration (its derived endpoints were checked at load).
+        index: the worker, ``0 .. config.process.workers - 1``.
+
+    Returns:
+        Shared listener → the worker's endpoint for it, for every listener of
+        ``config.listen`` in that order: same transport and host, port ``listener port +
+        port_stride × (index + 1)``. Empty with one worker: a single process owns no
+        endpoint besides the listeners (and a listener on port 0 derives none).
+
+    Raises:
+        ValueError: ``index`` is not a worker of ``config``.
+    """
+    workers = config.process.workers
+    if not 0 <= index < workers:
+        raise ValueError(f"worker {index}: [process] runs workers 0 to {workers - 1}")
+    if workers == 1:
+        return {}
+    return _derive_endpoints(config, index)
+
+
+def _derive_endpoints(config: Config, index: int) -> dict[Endpoint, Endpoint]:
+    offset = config.process.port_stride * (index + 1)
+    return {ep: Endpoint(ep.transport, ep.host, ep.port + offset) for ep in config.listen}
+
+
+def build_settings(config: Config, worker: WorkerPlace | None = None) -> ProxySettings:
     """The proxy core's typed settings from a validated config.
 
     Args:
         config: a validated configuration.
+        worker: the worker process the core runs in, or None for a single process. With
+            a place, the settings carry the worker's own endpoints (``own``) and every
+            worker's (``siblings``), and with more than one worker the admission limits
+            are this worker's share: Call-ID steering spreads calls, and with them every
+            source's messages, evenly over the workers, so each worker's buckets see about
+            1/count of the traffic (see ``LimitsConfig``).
 
     Returns:
         The settings ``ProxyCore`` runs on.
+
+    Raises:
+        ValueError: ``worker.count`` is not ``config.process.workers`` (a change of
+            ``[process]`` needs new workers, not a reload of the running ones).
     """
+    own: dict[Endpoint, Endpoint] = {}
+    siblings: tuple[Endpoint, ...] = ()
+    count = 1
+    if worker is not None:
+        if worker.count != config.process.workers:
+            raise ValueError(f"worker {worker.index} of {worker.count}, but [process] "
+                             f"workers = {config.process.workers}")
+        count = worker.count
+        own = worker_endpoints(config, worker.index)
+        siblings = tuple(ep for index in range(count)
+                         for ep in worker_endpoints(config, index).values())
     return ProxySettings(
         inside=config.inside.listen,
         outside=config.outside.listen,
@@ -1161,12 +1342,14 @@ def build_settings(config: Config) -> ProxySettings:
         # About twice the down-probe interval: by then a recovered gateway is seen UP.
         retry_after_s=max(1, round(2 * config.probe.interval_down_s)),
         media=_media_range() if config.inbound.check_media else None,
-        limits=_admission_limits(config.limits),
+        limits=_admission_limits(config.limits, count),
         message_limits=Limits(max_headers=config.limits.max_headers,
                               max_line_bytes=config.limits.max_header_line_bytes,
                               max_via=config.limits.max_via,
                               max_branch_bytes=config.limits.max_branch_bytes),
         user_agent=config.outside.user_agent.encode("ascii") or None,
+        own=own,
+        siblings=siblings,
     )
 
 
@@ -1181,13 +1364,42 @@ def build_stream_settings(config: Config) -> StreamSettings:
                    idle_timeout_s=limits.tcp_idle_timeout_s)
 
 
-def _admission_limits(limits: LimitsConfig) -> AdmissionLimits:
+def _admission_limits(limits: LimitsConfig, workers: int = 1) -> AdmissionLimits:
+    """The core's limits: ``[limits]`` as written, or one worker's share of them.
+
+    A rate is divided exactly (at least 1/s, 0 stays "no cap"): rounding it up would let
+    the workers together exceed it, and ``gateway_calls_per_s`` is Twilio's limit (30/s per
+    gateway: 4 workers × ceil(7.5) would be 32/s). A burst is whole tokens, divided and
+    rounded up, at least 1 (a bucket whose burst is below one token never admits);
+    ``max_transactions`` likewise, since each worker holds about 1/N of the transactions.
+    ``max_sources`` is not divided: it bounds a table in which every worker sees every
+    source (a source's calls are spread over all workers); nor are ``ban_s`` and the
+    emergency numbers.
+    """
     return AdmissionLimits(
-        source_rate_per_s=limits.source_rate_per_s, source_burst=limits.source_burst,
-        ban_s=limits.ban_s, call_rate_per_s=limits.call_rate_per_s,
-        call_burst=limits.call_burst, gateway_calls_per_s=limits.gateway_calls_per_s,
+        source_rate_per_s=_share_rate(limits.source_rate_per_s, workers),
+        source_burst=_share_whole(limits.source_burst, workers),
+        ban_s=limits.ban_s,
+        call_rate_per_s=_share_rate(limits.call_rate_per_s, workers),
+        call_burst=_share_whole(limits.call_burst, workers),
+        gateway_calls_per_s=_share_rate(limits.gateway_calls_per_s, workers),
         emergency_numbers=frozenset(n.encode("ascii") for n in limits.emergency_numbers),
-        max_sources=limits.max_sources, max_transactions=limits.max_transactions)
+        max_sources=limits.max_sources,
+        max_transactions=int(_share_whole(limits.max_transactions, workers)))
+
+
+def _share_rate(rate: float, workers: int) -> float:
+    """One worker's share of a per-second rate: exact, at least 1/s; 0 (off) stays 0."""
+    if workers == 1 or rate <= 0:
+        return rate
+    return max(1.0, rate / workers)
+
+
+def _share_whole(amount: float, workers: int) -> float:
+    """One worker's share of a burst or a table size: rounded up, at least 1."""
+    if workers == 1:
+        return amount
+    return float(max(1, math.ceil(amount / workers)))
 
 
 def _media_range() -> MediaRange:
@@ -1252,6 +1464,7 @@ def summary(config: Config) -> str:
         lines.append(f"tls: CA {config.tls.cafile}, certificate {config.tls.certfile or '-'}")
     admin = str(config.admin.listen.hostport) if config.admin.listen else "off"
     lines.append(f"admin: {admin}")
+    lines.extend(_process_lines(config))
     for key, name in section_keys(Config).items():
         if key not in _WORDED_SECTIONS:
             lines.append(f"{key}: {_fields_text(getattr(config, name))}")
@@ -1261,8 +1474,30 @@ def summary(config: Config) -> str:
 
 #: The sections ``summary`` words by hand (``edges`` as one line per edge).
 _WORDED_SECTIONS = frozenset(
-    {"inside", "outside", "edges", "probe", "failover", "timers", "inbound", "tls", "admin"}
+    {"inside", "outside", "edges", "probe", "failover", "timers", "inbound", "tls", "admin",
+     "process"}
 )
+
+
+def _process_lines(config: Config) -> list[str]:
+    """``[process]``: the workers, each one's own endpoints and its share of the limits."""
+    process = config.process
+    if process.workers == 1:
+        return [f"process: 1 worker (a single process; port_stride {process.port_stride} unused)"]
+    lines = [f"process: {process.workers} workers sharing the listeners, each with its own "
+             f"endpoints at listener port + {process.port_stride} × (worker + 1); "
+             "worker 0 probes"]
+    for index in range(process.workers):
+        own = ", ".join(map(str, worker_endpoints(config, index).values()))
+        lines.append(f"  worker {index}: {own}")
+    share = _admission_limits(config.limits, process.workers)
+    lines.append(
+        f"  limits per worker: source_rate_per_s {share.source_rate_per_s:g}, source_burst "
+        f"{share.source_burst:g}, call_rate_per_s {share.call_rate_per_s:g}, call_burst "
+        f"{share.call_burst:g}, gateway_calls_per_s {share.gateway_calls_per_s:g}, "
+        f"max_transactions {share.max_transactions}"
+    )
+    return lines
 
 
 def _fields_text(section: DataclassInstance) -> str:

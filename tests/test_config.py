@@ -16,11 +16,16 @@ from sipedge.config import (
     ConfigError,
     EdgeConfig,
     ProbeConfig,
+    ProcessConfig,
+    auto_workers,
+    build_settings,
     load_config,
     parse_config,
     section_keys,
     summary,
+    worker_endpoints,
 )
+from sipedge.proxy.settings import WorkerPlace
 from sipedge.sip.address import Endpoint
 from sipedge.sip.timers import Timers
 
@@ -587,3 +592,218 @@ def test_daemon_unknown_key_refused() -> None:
     assert str(err) == (
         "test.toml: daemon.drain_timeout: unknown key; expected one of drain_timeout_s"
     )
+
+
+# -- [process]: worker processes (issue 14) ----------------------------------------------------
+
+INSIDE_UDP = Endpoint("udp", "127.0.0.1", 5080)
+OUTSIDE_UDP = Endpoint("udp", "127.0.0.3", 5060)
+
+
+def workers(n: int | str, stride: int = 100, **kwargs: object) -> Config:
+    value = f'"{n}"' if isinstance(n, str) else n
+    rest = f"[process]\nworkers = {value}\nport_stride = {stride}\n" + str(kwargs.pop("rest", ""))
+    return cfg(rest=rest, **kwargs)  # type: ignore[arg-type]
+
+
+def process_error(n: int | str, stride: int = 100, **kwargs: object) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        workers(n, stride, **kwargs)
+    return info.value
+
+
+def test_process_defaults_to_one_process() -> None:
+    c = cfg()
+    assert c.process == ProcessConfig() == ProcessConfig(workers=1, port_stride=100)
+    assert "process: 1 worker (a single process; port_stride 100 unused)" in summary(c)
+    assert worker_endpoints(c, 0) == {}
+    settings = build_settings(c, WorkerPlace(0, 1))
+    assert settings.own == {} and settings.siblings == ()
+    assert settings.limits == build_settings(c).limits
+
+
+def test_process_workers_auto_is_one_per_usable_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 5, 7, 9})
+    assert auto_workers() == 6
+    assert workers("auto").process.workers == 6
+    assert workers(" AUTO ").process.workers == 6
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(200)))
+    assert workers("auto").process.workers == 64  # the most the key allows
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set())
+    assert auto_workers() == 1
+
+
+def test_process_values_parsed() -> None:
+    c = workers(64, 1)
+    assert (c.process.workers, c.process.port_stride) == (64, 1)
+    assert workers(2, 30000).process.port_stride == 30000
+
+
+@pytest.mark.parametrize(("rest", "key", "reason"), [
+    ("workers = 0", "process.workers", '0: expected 1 to 64, or "auto"'),
+    ("workers = 65", "process.workers", '65: expected 1 to 64, or "auto"'),
+    ('workers = "many"', "process.workers", "expected \"auto\" or an integer, got 'many'"),
+    ("workers = true", "process.workers", 'expected "auto" or an integer, got True'),
+    ("workers = 2.0", "process.workers", 'expected "auto" or an integer, got 2.0'),
+    ("port_stride = 0", "process.port_stride", "0: expected 1 to 30000"),
+    ("port_stride = 30001", "process.port_stride", "30001: expected 1 to 30000"),
+    ('port_stride = "100"', "process.port_stride", "expected an integer, got '100'"),
+    ("port_stride = true", "process.port_stride", "expected an integer, got True"),
+    ("worker = 2", "process.worker", "unknown key; expected one of workers, port_stride"),
+])
+def test_process_bad_values_refused(rest: str, key: str, reason: str) -> None:
+    err = error(rest="[process]\n" + rest)
+    assert (err.key, err.reason) == (key, reason)
+    assert str(err) == f"test.toml: {key}: {reason}"
+
+
+def test_process_workers_need_fixed_listener_ports() -> None:
+    port0 = ('listen = ["udp:127.0.0.3:5060"]', 'listen = ["udp:127.0.0.3:0"]')
+    assert cfg(replace=port0).outside.listen[0].port == 0  # fine in one process
+    assert workers(1, replace=port0).process.workers == 1
+    err = process_error(2, replace=port0)
+    assert err.key == "process.workers"
+    assert err.reason == ("2 workers need fixed listener ports (worker ports derive from "
+                          "them): udp:127.0.0.3:0 has port 0")
+
+
+def test_process_worker_port_above_65535_refused() -> None:
+    high = ('listen = ["udp:127.0.0.3:5060"]', 'listen = ["udp:127.0.0.3:65400"]')
+    assert workers(1, replace=high).process.workers == 1  # no worker endpoints
+    assert workers(2, 60, replace=high).process.workers == 2  # 65460, 65520
+    err = process_error(2, 100, replace=high)
+    assert err.key == "process.port_stride"
+    assert err.reason == ("worker 1's port for udp:127.0.0.3:65400 would be 65600, above "
+                          "65535: fewer workers, a smaller port_stride or a lower listener port")
+
+
+def test_process_worker_endpoint_colliding_with_a_listener_refused() -> None:
+    two = ('listen = ["udp:127.0.0.3:5060"]', 'listen = ["udp:127.0.0.3:5060", "udp:127.0.0.3:5260"]')
+    assert workers(1, replace=two).process.workers == 1
+    err = process_error(2, replace=two)
+    assert err.key == "process.port_stride"
+    assert err.reason == ("worker 1's udp:127.0.0.3:5260 (for udp:127.0.0.3:5060) collides with "
+                          "listener udp:127.0.0.3:5260: choose another port_stride")
+    assert workers(2, 50, replace=two).process.port_stride == 50  # 5110, 5160 / 5310, 5360
+
+
+def test_process_worker_endpoint_colliding_with_the_admin_listener_refused() -> None:
+    rest = '[admin]\nlisten = "127.0.0.1:5180"'
+    udp_only = workers(2, rest=rest)  # udp:127.0.0.1:5180 is another port space
+    assert worker_endpoints(udp_only, 0)[INSIDE_UDP] == Endpoint("udp", "127.0.0.1", 5180)
+    tcp = ('listen = ["udp:127.0.0.1:5080"]', 'listen = ["udp:127.0.0.1:5080", "tcp:127.0.0.1:5080"]')
+    err = process_error(2, rest=rest, replace=tcp)
+    assert (err.key, err.reason) == ("process.port_stride",
+                                     "worker 0's tcp:127.0.0.1:5180 (for tcp:127.0.0.1:5080) collides "
+                                     "with admin.listen 127.0.0.1:5180: choose another port_stride")
+
+
+def test_process_tcp_and_tls_share_a_port_space(tmp_path: Path) -> None:
+    for name in ("ca.pem", "me.pem"):
+        (tmp_path / name).write_text("not parsed by the loader")
+    tls = ('listen = ["udp:127.0.0.3:5060"]', 'listen = ["tcp:127.0.0.3:5060", "tls:127.0.0.3:5160"]')
+    rest = '[tls]\ncafile = "ca.pem"\ncertfile = "me.pem"'
+    err = process_error(2, replace=tls, rest=rest, base_dir=tmp_path)
+    assert err.key == "process.port_stride"
+    assert err.reason.startswith("worker 0's tcp:127.0.0.3:5160 (for tcp:127.0.0.3:5060) collides "
+                                 "with listener tls:127.0.0.3:5160")
+    udp = ('listen = ["udp:127.0.0.3:5060"]', 'listen = ["udp:127.0.0.3:5060", "tcp:127.0.0.3:5160"]')
+    assert workers(2, replace=udp).process.workers == 2  # udp 5160 vs tcp 5160: no clash
+
+
+def test_process_unspecified_address_collides_with_every_host_of_its_family() -> None:
+    # The two listeners share port 5060 (the wildcard covers 127.0.0.3): not [process]'s
+    # to judge; their worker endpoints would clash.
+    wild = ('listen = ["udp:127.0.0.1:5080"]', 'listen = ["udp:0.0.0.0:5060"]')
+    err = process_error(2, replace=wild)
+    assert err.key == "process.port_stride"
+    assert err.reason == ("worker 0's udp:127.0.0.3:5160 (for udp:127.0.0.3:5060) collides with "
+                          "worker 0's udp:0.0.0.0:5160 (for udp:0.0.0.0:5060): choose another "
+                          "port_stride")
+    # Another family is another socket.
+    v6 = ('listen = ["udp:127.0.0.1:5080"]', 'listen = ["udp:[::]:5060"]')
+    c = workers(2, replace=v6)
+    assert worker_endpoints(c, 1)[Endpoint("udp", "::", 5060)] == Endpoint("udp", "::", 5260)
+
+
+def test_worker_endpoints_for_every_listener() -> None:
+    lab = load_config(LAB)
+    c = parse_config(LAB.read_text() + "\n[process]\nworkers = 3\nport_stride = 1000\n",
+                     "lab.toml", base_dir=LAB.parent)
+    assert c.listen == lab.listen
+    for index in range(3):
+        own = worker_endpoints(c, index)
+        assert list(own) == list(c.listen)
+        for shared, mine in own.items():
+            assert (mine.transport, mine.host) == (shared.transport, shared.host)
+            assert mine.port == shared.port + 1000 * (index + 1)
+    with pytest.raises(ValueError, match="workers 0 to 2"):
+        worker_endpoints(c, 3)
+    with pytest.raises(ValueError):
+        worker_endpoints(c, -1)
+
+
+def test_build_settings_for_a_worker_names_its_endpoints_and_its_siblings() -> None:
+    c = workers(2)
+    single = build_settings(c)
+    assert single.own == {} and single.siblings == ()
+    first, second = build_settings(c, WorkerPlace(0, 2)), build_settings(c, WorkerPlace(1, 2))
+    assert first.own == {INSIDE_UDP: Endpoint("udp", "127.0.0.1", 5180),
+                         OUTSIDE_UDP: Endpoint("udp", "127.0.0.3", 5160)}
+    assert second.own == {INSIDE_UDP: Endpoint("udp", "127.0.0.1", 5280),
+                          OUTSIDE_UDP: Endpoint("udp", "127.0.0.3", 5260)}
+    assert first.siblings == second.siblings == (*first.own.values(), *second.own.values())
+    assert (first.inside, first.outside) == (single.inside, single.outside)  # still shared
+    with pytest.raises(ValueError, match="workers = 2"):
+        build_settings(c, WorkerPlace(0, 3))
+
+
+def test_worker_place_is_validated() -> None:
+    for index, count in ((0, 0), (2, 2), (-1, 2)):
+        with pytest.raises(ValueError):
+            WorkerPlace(index, count)
+
+
+def test_build_settings_divides_admission_limits_among_workers() -> None:
+    whole = build_settings(workers(1)).limits
+    four = build_settings(workers(4), WorkerPlace(3, 4)).limits
+    assert (four.source_rate_per_s, four.source_burst) == (500.0, 1000.0)
+    assert (four.call_rate_per_s, four.call_burst) == (250.0, 500.0)
+    # Divided exactly: 4 x ceil(7.5) = 32 calls/s would pass Twilio's 30 per gateway.
+    assert four.gateway_calls_per_s == 7.5
+    assert four.max_transactions == 25000 and isinstance(four.max_transactions, int)
+    # Every worker sees every source; bans and emergency numbers are not shares.
+    assert four.max_sources == whole.max_sources == 10000
+    assert (four.ban_s, four.emergency_numbers) == (whole.ban_s, whole.emergency_numbers)
+    for value in (four.source_rate_per_s, four.source_burst, four.call_rate_per_s,
+                  four.call_burst, four.gateway_calls_per_s):
+        assert isinstance(value, float)
+
+
+def test_divided_limits_round_bursts_up_and_never_reach_zero() -> None:
+    rest = ("[limits]\nsource_rate_per_s = 3\nsource_burst = 5\ncall_rate_per_s = 2\n"
+            "call_burst = 3\ngateway_calls_per_s = 30\nmax_transactions = 7\n")
+    limits = build_settings(workers(64, 1, rest=rest), WorkerPlace(0, 64)).limits
+    assert (limits.source_rate_per_s, limits.source_burst) == (1.0, 1.0)
+    assert (limits.call_rate_per_s, limits.call_burst) == (1.0, 1.0)
+    assert limits.gateway_calls_per_s == 1.0 and limits.max_transactions == 1
+    three = build_settings(workers(3, rest=rest), WorkerPlace(0, 3)).limits
+    assert (three.source_rate_per_s, three.source_burst) == (1.0, 2.0)  # 5 / 3 rounded up
+    assert (three.call_burst, three.max_transactions) == (1.0, 3)
+    assert three.gateway_calls_per_s == 10.0
+
+
+def test_divided_limits_keep_zero_as_off() -> None:
+    rest = "[limits]\ncall_rate_per_s = 0\ngateway_calls_per_s = 0\n"
+    limits = build_settings(workers(4, rest=rest), WorkerPlace(1, 4)).limits
+    assert limits.call_rate_per_s == 0 and limits.gateway_calls_per_s == 0
+
+
+def test_summary_lists_each_workers_endpoints_and_limits() -> None:
+    text = summary(workers(2))
+    assert ("process: 2 workers sharing the listeners, each with its own endpoints at listener "
+            "port + 100 × (worker + 1); worker 0 probes") in text
+    assert "  worker 0: udp:127.0.0.1:5180, udp:127.0.0.3:5160" in text
+    assert "  worker 1: udp:127.0.0.1:5280, udp:127.0.0.3:5260" in text
+    assert ("  limits per worker: source_rate_per_s 1000, source_burst 2000, call_rate_per_s 500, "
+            "call_burst 1000, gateway_calls_per_s 15, max_transactions 50000") in text
