@@ -23,13 +23,14 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from sipedge.config import Config, InsideConfig, OutsideConfig, build_settings
+from sipedge.config import Config, InsideConfig, OutsideConfig, ProcessConfig, build_settings
 from sipedge.gateway.health import Health, HealthPolicy
 from sipedge.gateway.monitor import GatewayMonitor
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.gateway.probe import ProbeSchedule
 from sipedge.proxy.core import ProxyCore, Send, probe_settings
 from sipedge.proxy.events import Event
+from sipedge.proxy.settings import WorkerPlace
 from sipedge.sip.address import Endpoint
 
 __all__ = [
@@ -168,7 +169,9 @@ class ProxyHarness:
     keeps them in ``sent`` too); events accumulate in ``events``. ``probing=False`` builds
     the core without a gateway monitor (``monitor`` is then None): nothing probes, and
     health comes in through ``core.observe_probe``; ``share_results=True`` builds the
-    monitor so (``core.drain_probe_results``, the prober of N workers).
+    monitor so (``core.drain_probe_results``, the prober of N workers). ``worker`` builds
+    the settings of that worker of ``worker.count`` (``[process] workers``, with
+    ``port_stride``): the core then has its own endpoint per listener (``own``).
     """
 
     clock: FakeClock = field(default_factory=FakeClock)
@@ -179,6 +182,8 @@ class ProxyHarness:
     interval_down_s: float = 5.0
     probing: bool = True
     share_results: bool = False
+    worker: WorkerPlace | None = None
+    port_stride: int = 100
     sent: list[Send] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
@@ -191,8 +196,11 @@ class ProxyHarness:
                                 pbx=CALLEE),
             outside=OutsideConfig(listen=(OUTSIDE,), domain=DOMAIN),
             edges=(),
+            process=ProcessConfig(workers=self.worker.count if self.worker else 1,
+                                  port_stride=self.port_stride),
         )
-        settings = build_settings(config)
+        self.config = config
+        settings = build_settings(config, self.worker)
         self.settings = replace(settings, **self.settings_overrides)  # type: ignore[arg-type]
         groups = [
             [Gateway.make("ashburn-ix", "Virginia", ep, EDGE_HOST["ashburn-ix"]) for ep in VIRGINIA],
@@ -266,7 +274,8 @@ class ProxyHarness:
         allowed = None if only is None else set(only)
         out: list[Send] = []
         for s in list(sends):
-            if not s.data.startswith(b"OPTIONS ") or s.local != OUTSIDE:
+            if (not s.data.startswith(b"OPTIONS ")
+                    or s.local != self.core.listeners.alias(OUTSIDE)):
                 continue
             if allowed is not None and s.dest not in allowed:
                 continue

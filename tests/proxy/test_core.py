@@ -8,10 +8,12 @@ the real core.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from sipedge.config import ProcessConfig, build_settings
 from sipedge.gateway.health import GatewayStateChanged, Health
 from sipedge.gateway.pool import GatewayPool
 from sipedge.gateway.probe import Replied, TimedOut
@@ -24,7 +26,7 @@ from sipedge.proxy.events import (
     MessageDropped,
     RequestRejected,
 )
-from sipedge.proxy.settings import RejectUnknown
+from sipedge.proxy.settings import RejectUnknown, WorkerPlace
 from sipedge.sip.address import Endpoint
 from tests.helpers.wire import (
     CALLEE,
@@ -978,3 +980,142 @@ def test_probe_results_not_kept_without_share_results() -> None:
     h = ProxyHarness()
     h.bring_up(VIRGINIA)
     assert h.core.drain_probe_results() == []
+
+
+# ---------------------------------------------------------------------------- a worker of N
+
+#: Worker 0 of 2 (port_stride 100): its own endpoints, and worker 1's.
+OWN_INSIDE = Endpoint("udp", "127.0.0.1", 5180)
+OWN_OUTSIDE = Endpoint("udp", "127.0.0.3", 5160)
+SIBLING_OUTSIDE = Endpoint("udp", "127.0.0.3", 5260)
+SIBLING_INSIDE = Endpoint("udp", "127.0.0.1", 5280)
+
+
+@pytest.fixture
+def w() -> ProxyHarness:
+    """Worker 0 of 2, its gateways all UP (it is the worker that probes)."""
+    harness = ProxyHarness(worker=WorkerPlace(0, 2))
+    harness.bring_up()
+    return harness
+
+
+def test_worker_settings_name_its_own_endpoints_and_its_siblings(w: ProxyHarness) -> None:
+    assert dict(w.settings.own) == {INSIDE: OWN_INSIDE, OUTSIDE: OWN_OUTSIDE}
+    assert set(w.settings.siblings) == {OWN_INSIDE, OWN_OUTSIDE, SIBLING_INSIDE, SIBLING_OUTSIDE}
+
+
+def test_worker_forwards_invite_from_its_own_port_named_in_via_and_record_route(
+        w: ProxyHarness) -> None:
+    out = w.feed(invite(), PBX)  # on the shared inside listener
+    trying = responses(out, 100)
+    assert [(s.dest, s.local) for s in trying] == [(PBX, INSIDE)]  # answered where it came in
+    fwd = calls(out)
+    assert [(s.dest, s.local) for s in fwd] == [(VIRGINIA[0], OWN_OUTSIDE)]
+    assert headers(fwd[0].data, b"Via")[0].startswith(b"SIP/2.0/UDP 127.0.0.3:5160;branch=z9hG4bK-se")
+    # Both entries of the double Record-Route name this worker: Twilio's in-dialog requests
+    # come to 5160, the PBX's to 5180.
+    assert headers(fwd[0].data, b"Record-Route") == [b"<sip:127.0.0.3:5160;lr>",
+                                                     b"<sip:127.0.0.1:5180;lr>"]
+
+
+def test_worker_matches_a_response_arriving_on_its_own_port(w: ProxyHarness) -> None:
+    _, fwd = place(w)
+    out = w.feed(make_response(fwd, 180, b"Ringing"), VIRGINIA[0], local=OWN_OUTSIDE)
+    assert [(s.dest, s.local, status_of(s)) for s in out] == [(PBX, INSIDE, 180)]
+    out = w.feed(make_response(fwd, 200, b"OK"), VIRGINIA[0], local=OWN_OUTSIDE)
+    assert [(s.dest, s.local, status_of(s)) for s in out] == [(PBX, INSIDE, 200)]
+    assert w.core.stats.stray_responses == 0
+    assert w.core.calls_in_progress == 1
+
+
+def test_worker_inbound_invite_goes_to_the_pbx_from_its_own_inside_port(w: ProxyHarness) -> None:
+    out = w.feed(inbound_invite(), VIRGINIA[0])
+    fwd = calls(out)
+    assert [(s.dest, s.local) for s in fwd] == [(CALLEE, OWN_INSIDE)]
+    assert headers(fwd[0].data, b"Via")[0].startswith(b"SIP/2.0/UDP 127.0.0.1:5180;branch=z9hG4bK-se")
+    assert headers(fwd[0].data, b"Record-Route") == [b"<sip:127.0.0.1:5180;lr>",
+                                                     b"<sip:127.0.0.3:5160;lr>"]
+    out = w.feed(make_response(fwd[0].data, 180, b"Ringing"), CALLEE, local=OWN_INSIDE)
+    assert [(s.dest, s.local, status_of(s)) for s in out] == [(VIRGINIA[0], OUTSIDE, 180)]
+
+
+def test_worker_takes_a_bye_routed_through_a_siblings_port_as_ours(w: ProxyHarness) -> None:
+    # A BYE from Twilio for a call worker 1 Record-Routed, arriving here (steered, or a
+    # stale path): worker 1's endpoints are this proxy, popped like our own.
+    bye = in_dialog(b"BYE", b"sip:pbx@127.0.0.10:5060",
+                    [b"<sip:127.0.0.3:5260;lr>", b"<sip:127.0.0.1:5280;lr>"],
+                    b"SIP/2.0/UDP 127.0.0.64:5060;branch=z9hG4bK-gw-bye",
+                    from_=b"<sip:+14155550100@twilio>;tag=gwtag",
+                    to_=b"<sip:pbx@127.0.0.1>;tag=pbxtag1")
+    out = w.feed(bye, VIRGINIA[0], local=OWN_OUTSIDE)
+    fwd = calls(out, b"BYE")
+    assert [(s.dest, s.local) for s in fwd] == [(CALLEE, OWN_INSIDE)]
+    assert headers(fwd[0].data, b"Route") == []
+    assert w.core.stats.loops_detected == 0
+
+
+def test_worker_refuses_to_route_to_a_siblings_port(w: ProxyHarness) -> None:
+    # Nothing left to route by but worker 1's own address: that is ourselves, not a hop.
+    bye = in_dialog(b"BYE", b"sip:127.0.0.3:5260", [],
+                    b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-pbx-bye2",
+                    from_=b"<sip:pbx@127.0.0.1>;tag=pbxtag1",
+                    to_=b"<sip:+14155550100@127.0.0.1>;tag=gwtag")
+    out = w.feed(bye, PBX)
+    assert calls(out, b"BYE") == []
+    assert [(s.dest, status_of(s)) for s in responses(out)] == [(PBX, 404)]
+
+
+def test_worker_own_ports_are_on_the_side_of_their_shared_listener(w: ProxyHarness) -> None:
+    # The PBX on the worker's outside port, a gateway on its inside port: wrong side, as on
+    # the shared listeners.
+    assert w.feed(invite(2), PBX, local=OWN_OUTSIDE) == []
+    assert w.feed(inbound_invite(), VIRGINIA[0], local=OWN_INSIDE) == []
+    assert w.core.stats.drops[DropReason.WRONG_SIDE] == 2
+    assert w.core.is_answerable(PBX, OWN_INSIDE, w.now)
+    assert not w.core.is_answerable(PBX, OWN_OUTSIDE, w.now)
+    assert w.core.is_answerable(VIRGINIA[0], OWN_OUTSIDE, w.now)
+    assert not w.core.is_answerable(VIRGINIA[0], OWN_INSIDE, w.now)
+    assert calls(w.feed(invite(3), PBX, local=OWN_INSIDE))  # the right side: forwarded
+
+
+def test_worker_probes_leave_from_its_own_outside_port() -> None:
+    harness = ProxyHarness(worker=WorkerPlace(0, 2))
+    probes = calls(harness.start(), b"OPTIONS")
+    assert {s.local for s in probes} == {OWN_OUTSIDE} and len(probes) == 6
+    for s in probes:
+        assert headers(s.data, b"Via")[0].startswith(b"SIP/2.0/UDP 127.0.0.3:5160;")
+
+
+def test_worker_reconfigure_applies_new_own_endpoints(w: ProxyHarness) -> None:
+    other = build_settings(replace(w.config, process=ProcessConfig(workers=2, port_stride=7)),
+                           WorkerPlace(1, 2))
+    w.core.reconfigure(other, w.pool, w.now)
+    assert w.core.listeners.egress(outside=True, transport="udp") == Endpoint("udp", "127.0.0.3", 5074)
+    assert w.monitor is not None
+    assert w.monitor.settings.sources["udp"] == Endpoint("udp", "127.0.0.3", 5074)
+    _, fwd = place(w, 4)
+    assert headers(fwd, b"Via")[0].startswith(b"SIP/2.0/UDP 127.0.0.3:5074;")
+    assert headers(fwd, b"Record-Route") == [b"<sip:127.0.0.3:5074;lr>", b"<sip:127.0.0.1:5094;lr>"]
+    # The old ports are no longer ours: a Route naming one is a hop like any other.
+    assert not w.core.listeners.is_own_endpoint(OWN_OUTSIDE)
+    assert w.core.listeners.is_own_endpoint(Endpoint("udp", "127.0.0.3", 5067))  # worker 0 now
+
+
+def test_worker_on_a_listener_facing_both_sides_record_routes_once() -> None:
+    # One shared socket for the PBX and Twilio: the request comes in on it and leaves from
+    # the worker's alias of it, which Record-Routes with the alias's value: one entry, as a
+    # single process on one socket makes.
+    alias = Endpoint("udp", "127.0.0.1", 5180)
+    harness = ProxyHarness(probing=False, settings_overrides={
+        "outside": (INSIDE,), "own": {INSIDE: alias}, "siblings": (alias,)})
+    for gw in VIRGINIA:
+        harness.core.observe_probe(harness.gateway_id(gw), Replied(200, 0.01), harness.now)
+        harness.core.observe_probe(harness.gateway_id(gw), Replied(200, 0.01), harness.now)
+    fwd = calls(harness.feed(invite(), PBX))
+    assert [(s.dest, s.local) for s in fwd] == [(VIRGINIA[0], alias)]
+    assert headers(fwd[0].data, b"Record-Route") == [b"<sip:127.0.0.1:5180;lr>"]
+
+
+def test_single_process_settings_have_no_own_endpoints(h: ProxyHarness) -> None:
+    assert h.settings.own == {} and h.settings.siblings == ()
+    assert h.core.listeners.egress(outside=True, transport="udp") == OUTSIDE
