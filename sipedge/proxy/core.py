@@ -215,9 +215,10 @@ def probe_settings(settings: ProxySettings) -> ProbeSettings:
     """The probe settings of a core with ``settings`` (applied to its monitor at build/reload).
 
     Probes leave from the outside listener of the gateway's transport, the one calls leave
-    from (``Listeners.egress``: a worker's own endpoint for it, so the replies come back to
-    the worker whose monitor sent the probe), so Twilio's ACL sees one source per worker;
-    timers, timeout and User-Agent are the core's.
+    from (``Listeners.egress``), so Twilio's ACL sees one source address; in a worker that
+    is its own endpoint for that listener (same address, its own port), so the replies come
+    back to the worker whose monitor sent the probe. Timers, timeout and User-Agent are the
+    core's.
 
     Args:
         settings: the core's settings.
