@@ -1,16 +1,49 @@
-"""Fixtures for the transport tests: a recording sink and loopback addresses.
+"""Fixtures for the transport tests: a recording sink, loopback addresses, both loops.
 
 Only 127.0.0.200–127.0.0.209 with ephemeral ports are used, so these tests never collide
 with the lab addresses (127.0.0.1, .3, .10, .64–.66, 127.0.1.x) other suites bind.
+(The worker tests, ``test_inherited.py`` and ``test_steer.py``, keep to 127.0.14.0/24
+and abstract Unix names containing ``test-steer``.)
+
+A test marked :data:`BOTH_LOOPS` runs once on asyncio's loop and once on uvloop's (the
+production loop on Linux; skipped where uvloop is not installed), through
+pytest-asyncio's ``pytest_asyncio_loop_factories`` hook below. Every other async test
+keeps the one default asyncio loop it always had.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import pytest
+
 from sipedge.sip.address import Endpoint
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+#: Mark a module (``pytestmark = BOTH_LOOPS``) or test to run it on both event loops.
+BOTH_LOOPS = pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])
+
+
+def loop_factories() -> dict[str, LoopFactory]:
+    """The event loops a :data:`BOTH_LOOPS` test runs on (uvloop's where installed)."""
+    factories: dict[str, LoopFactory] = {"asyncio": asyncio.new_event_loop}
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Linux CI always has it
+        return factories
+    factories["uvloop"] = uvloop.new_event_loop
+    return factories
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, LoopFactory]:
+    """pytest-asyncio hook: both loops for tests that ask, the default one for the rest."""
+    marker = item.get_closest_marker("asyncio")
+    if marker is not None and "loop_factories" in marker.kwargs:
+        return loop_factories()
+    return {"asyncio": asyncio.new_event_loop}
 
 HOST_A = "127.0.0.200"
 HOST_B = "127.0.0.201"
