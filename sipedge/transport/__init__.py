@@ -11,12 +11,21 @@ it to the driver:
     transports.send(data, dest, local)   # the driver, for each Send in the outbox
     ...
     await transports.drain(timeout_s=5)  # or: await transports.aclose()
+
+Multi-process workers (issue 14): the parent binds each configured listener once with
+:func:`bind_shared` before it starts the workers and hands the sockets down; a worker
+passes them as ``Transports(driver, inherited={endpoint: sock, ...})`` and ``start``
+serves those instead of binding, so every worker reads the same kernel sockets (the
+UDP receive queue, the TCP/TLS accept queue). Each socket is duplicated on adoption:
+the caller keeps the one it passed, and closing a worker's listener (a reload, a
+drain) closes only the worker's copy; the kernel socket lives while any copy does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
@@ -33,9 +42,9 @@ from sipedge.transport.base import (
     new_event_loop,
     run,
 )
-from sipedge.transport.tcp import StreamTable
+from sipedge.transport.tcp import StreamTable, listening_socket
 from sipedge.transport.tls import TLS_INBOUND_FAILURE_REASONS, client_context, server_context
-from sipedge.transport.udp import UdpListener, open_udp_listener
+from sipedge.transport.udp import UdpListener, bound_socket, open_udp_listener
 
 __all__ = [
     "MessageSink",
@@ -46,11 +55,78 @@ __all__ = [
     "TransportError",
     "TransportErrorReason",
     "Transports",
+    "bind_shared",
     "new_event_loop",
     "run",
 ]
 
 _log = logging.getLogger(__name__)
+
+#: The socket type each transport's listener is.
+_SOCKET_TYPES = {"udp": socket.SOCK_DGRAM, "tcp": socket.SOCK_STREAM, "tls": socket.SOCK_STREAM}
+
+
+def bind_shared(endpoint: Endpoint) -> socket.socket:
+    """Bind a listener once, for every worker to serve (the parent calls it; no loop).
+
+    Binds exactly as :meth:`Transports.start` binds a listener of its own: a UDP socket
+    without ``SO_REUSEPORT`` (so another process binding the address the plain way, a
+    second sipedge, still fails with ``EADDRINUSE``: see ``udp.py``) and with the large
+    buffers; a TCP/TLS socket with ``SO_REUSEADDR``, listening with a backlog of 1024.
+    The socket is non-blocking; pass it (its descriptor, inherited) to each worker's
+    ``Transports(inherited=...)``.
+
+    Args:
+        endpoint: a ``udp``, ``tcp`` or ``tls`` listener endpoint; port 0 picks an
+            ephemeral port (read it back with ``getsockname``).
+
+    Returns:
+        The bound socket; the caller owns it.
+
+    Raises:
+        TransportError: BIND_FAILED when the address cannot be bound (in use, not
+            local), UNSUPPORTED for another transport.
+    """
+    if endpoint.transport not in _SOCKET_TYPES:
+        raise TransportError(TransportErrorReason.UNSUPPORTED, str(endpoint))
+    try:
+        if endpoint.transport == "udp":
+            return bound_socket(endpoint)
+        return listening_socket(endpoint)
+    except OSError as exc:
+        raise TransportError(TransportErrorReason.BIND_FAILED, f"{endpoint}: {exc}") from exc
+
+
+def _adopt(local: Endpoint, inherited: socket.socket) -> socket.socket:
+    """A duplicate of the inherited listener socket for ``local``, checked to fit it.
+
+    A parent that handed the wrong descriptor (another transport's, an unbound or a
+    closed one, another address) must fail the worker's start loudly rather than
+    serve the wrong traffic.
+
+    Raises:
+        TransportError: BIND_FAILED when the socket does not fit ``local``.
+    """
+    family = socket.AF_INET6 if ":" in local.host else socket.AF_INET
+    try:
+        kind = inherited.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        host, port = inherited.getsockname()[:2]
+        listening = inherited.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        if inherited.family != family or kind != _SOCKET_TYPES[local.transport]:
+            problem = "is not a socket of this transport and address family"
+        elif socket.inet_pton(family, host) != socket.inet_pton(family, local.host):
+            problem = f"is bound to {host}"
+        elif local.port not in (0, port):
+            problem = f"is bound to port {port}"
+        elif local.transport != "udp" and not listening:
+            problem = "is not listening"
+        else:
+            sock = inherited.dup()
+            sock.setblocking(False)
+            return sock
+    except OSError as exc:  # closed (EBADF), not a socket, a host that is not an address
+        problem = f"is unusable ({exc})"
+    raise TransportError(TransportErrorReason.BIND_FAILED, f"{local}: inherited socket {problem}")
 
 
 class Transports:
@@ -67,6 +143,11 @@ class Transports:
             per new connection, so a reloaded mapping takes effect for new connections.
             It is both the SNI and the name the certificate must match; ``None`` (or a
             ``None`` result) means ``dest.host``.
+        inherited: already bound listener sockets by configured listener endpoint
+            (from the parent's :func:`bind_shared`). A listener of :meth:`start` or
+            :meth:`add_listeners` that is a key here serves a duplicate of that socket
+            instead of binding; the rest bind as usual. Read at each bind, so a parent
+            may add sockets to the mapping before a reload's ``add_listeners``.
     """
 
     def __init__(
@@ -76,8 +157,12 @@ class Transports:
         settings: StreamSettings | None = None,
         tls: TlsSettings | None = None,
         sni_for: Callable[[Endpoint], str | None] | None = None,
+        inherited: Mapping[Endpoint, socket.socket] | None = None,
     ) -> None:
         self._sink = sink
+        # Kept by reference, not copied: the parent may add a reload's new sockets to it.
+        self._inherited: Mapping[Endpoint, socket.socket] = {} if inherited is None else inherited
+        self._inherited_udp: set[Endpoint] = set()
         self._settings = settings or StreamSettings()
         self._tls = tls
         self._sni_for = sni_for
@@ -123,20 +208,25 @@ class Transports:
         loop = self._loop
         streams = self._streams
         assert loop is not None and streams is not None
-        if local.transport == "udp":
-            listener = await open_udp_listener(self._sink, local, loop)
-            self._udp[(listener.local.host, listener.local.port)] = listener
-            self._udp_by_host.setdefault(listener.local.host, listener)
-            return listener.local
-        if local.transport == "tcp":
-            return await streams.listen(local)
+        if local.transport not in _SOCKET_TYPES:
+            raise TransportError(TransportErrorReason.UNSUPPORTED, str(local))
+        server_ssl = None
         if local.transport == "tls":
             if self._tls is None:
                 raise TransportError(TransportErrorReason.TLS_CONFIG, f"{local}: no TLS settings")
             if self._server_ssl is None:
                 self._server_ssl = server_context(self._tls)
-            return await streams.listen(local, self._server_ssl)
-        raise TransportError(TransportErrorReason.UNSUPPORTED, str(local))
+            server_ssl = self._server_ssl
+        inherited = self._inherited.get(local)
+        sock = _adopt(local, inherited) if inherited is not None else None
+        if local.transport == "udp":
+            listener = await open_udp_listener(self._sink, local, loop, sock=sock)
+            self._udp[(listener.local.host, listener.local.port)] = listener
+            self._udp_by_host.setdefault(listener.local.host, listener)
+            if sock is not None:
+                self._inherited_udp.add(listener.local)
+            return listener.local
+        return await streams.listen(local, server_ssl, sock=sock)
 
     async def add_listeners(self, listen: Iterable[Endpoint]) -> list[Endpoint]:
         """Bind the listeners of ``listen`` not bound yet (a reload's new sockets).
@@ -176,6 +266,7 @@ class Transports:
         for key, listener in list(self._udp.items()):
             if listener.local in gone:
                 del self._udp[key]
+                self._inherited_udp.discard(listener.local)
                 if self._udp_by_host.get(listener.local.host) is listener:
                     del self._udp_by_host[listener.local.host]
                     for other in self._udp.values():
@@ -196,6 +287,15 @@ class Transports:
             return []
         udp = [listener.local for listener in self._udp.values()]
         return udp + (self._streams.listeners if self._streams is not None else [])
+
+    @property
+    def inherited_udp(self) -> list[Endpoint]:
+        """The bound UDP listeners that serve an inherited (shared) socket.
+
+        Exactly the ``local`` their datagrams reach the sink with: what
+        ``steer.SteeringSink.shared`` must hold so that it steers them.
+        """
+        return [lst.local for lst in self._udp.values() if lst.local in self._inherited_udp]
 
     @property
     def connection_count(self) -> int:

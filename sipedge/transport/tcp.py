@@ -97,7 +97,7 @@ from sipedge.transport.tls import (
 )
 from sipedge.transport.udp import peer_endpoint
 
-__all__ = ["StreamConnection", "StreamTable"]
+__all__ = ["StreamConnection", "StreamTable", "listening_socket"]
 
 _log = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ _ACCEPT_BATCH = 64
 #: instead of spinning on a listener that stays readable (asyncio's server does the same).
 _ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_RETRY_S = 1.0
+#: listen() backlog of every stream listener (a burst of trunk reconnects after a restart).
+_BACKLOG = 1024
 #: Refusals at admission (logged at WARNING: the operator may need to raise a cap).
 _LIMITS = frozenset({StreamCloseReason.TOTAL_LIMIT, StreamCloseReason.PER_IP_LIMIT})
 #: Closes the sink hears about as a transport error: the peer had sent (part of) a
@@ -359,6 +361,28 @@ class StreamConnection(asyncio.Protocol):
             self._transport.abort()
 
 
+def listening_socket(local: Endpoint) -> socket.socket:
+    """A non-blocking listening TCP socket on ``local``, as a stream listener binds it.
+
+    The options ``loop.create_server`` sets: ``SO_REUSEADDR`` (a restart does not wait
+    out TIME_WAIT; a port someone *listens* on still fails with ``EADDRINUSE``) and
+    ``IPV6_V6ONLY`` for an IPv6 address; the backlog is :data:`_BACKLOG`.
+
+    Args:
+        local: a ``tcp`` or ``tls`` address; port 0 picks an ephemeral port.
+
+    Returns:
+        The socket (the caller owns it).
+
+    Raises:
+        OSError: the bind or listen failed.
+    """
+    family = socket.AF_INET6 if ":" in local.host else socket.AF_INET
+    sock = socket.create_server((local.host, local.port), family=family, backlog=_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
 class _Listener:
     """A stream listener and its bound endpoint.
 
@@ -453,12 +477,22 @@ class StreamTable:
 
     # -- listeners ----------------------------------------------------------------------
 
-    async def listen(self, local: Endpoint, server_ssl: ssl.SSLContext | None = None) -> Endpoint:
+    async def listen(
+        self,
+        local: Endpoint,
+        server_ssl: ssl.SSLContext | None = None,
+        *,
+        sock: socket.socket | None = None,
+    ) -> Endpoint:
         """Accept connections on ``local`` (``tcp`` or, with ``server_ssl``, ``tls``).
 
         Args:
             local: address to bind; port 0 picks an ephemeral port.
             server_ssl: the server context for a ``tls`` listener.
+            sock: an already bound and listening socket to accept on instead of
+                binding ``local`` (a worker's copy of the parent's shared listener;
+                see :func:`listening_socket`); the table takes it over and closes it
+                with the listener.
 
         Returns:
             The bound endpoint.
@@ -469,35 +503,41 @@ class StreamTable:
         listener = _Listener(local)
         name = local.transport
         if server_ssl is not None:
-            return self._listen_tls(listener, server_ssl)
+            return self._listen_tls(listener, server_ssl, sock)
 
         def factory() -> StreamConnection:
             return StreamConnection(self, name, listener.local)
 
         try:
-            server = await self.loop.create_server(
-                factory,
-                local.host,
-                local.port,
-                family=socket.AF_INET6 if ":" in local.host else socket.AF_INET,
-                reuse_address=True,
-                backlog=1024,
-            )
+            if sock is None:
+                server = await self.loop.create_server(
+                    factory,
+                    local.host,
+                    local.port,
+                    family=socket.AF_INET6 if ":" in local.host else socket.AF_INET,
+                    reuse_address=True,
+                    backlog=_BACKLOG,
+                )
+            else:
+                server = await self.loop.create_server(factory, sock=sock, backlog=_BACKLOG)
         except OSError as exc:
+            if sock is not None:
+                sock.close()
             raise TransportError(TransportErrorReason.BIND_FAILED, f"{local}: {exc}") from exc
         listener.server = server
         listener.local = peer_endpoint(name, server.sockets[0].getsockname())
         self._listeners.append(listener)
         return listener.local
 
-    def _listen_tls(self, listener: _Listener, server_ssl: ssl.SSLContext) -> Endpoint:
+    def _listen_tls(
+        self, listener: _Listener, server_ssl: ssl.SSLContext, sock: socket.socket | None
+    ) -> Endpoint:
         local = listener.local
-        family = socket.AF_INET6 if ":" in local.host else socket.AF_INET
-        try:
-            # The options create_server would set: SO_REUSEADDR, IPV6_V6ONLY for AF_INET6.
-            sock = socket.create_server((local.host, local.port), family=family, backlog=1024)
-        except OSError as exc:
-            raise TransportError(TransportErrorReason.BIND_FAILED, f"{local}: {exc}") from exc
+        if sock is None:
+            try:
+                sock = listening_socket(local)
+            except OSError as exc:
+                raise TransportError(TransportErrorReason.BIND_FAILED, f"{local}: {exc}") from exc
         sock.setblocking(False)
         listener.sock = sock
         listener.ssl = server_ssl

@@ -27,6 +27,13 @@ The listener is bound *without* ``SO_REUSEPORT`` and gets it only after the bind
 the first destination is watched: a second process binding the same address the plain
 way (a second sipedge) still fails with ``EADDRINUSE``; only sockets of the same user
 that ask for ``SO_REUSEPORT`` before binding, i.e. our flows, can join.
+
+Shared listeners (multi-process workers, issue 14): the parent binds each UDP listener
+once with :func:`bound_socket` (the same plain bind, so the guard above still holds) and
+every worker is handed that socket's descriptor; :func:`open_udp_listener` with ``sock=``
+serves it instead of binding. All workers then read from one kernel socket, and one
+receive queue: each datagram is read by exactly one of them. Sharing needs no
+``SO_REUSEPORT`` at all, so a second sipedge binding the address still fails.
 """
 
 from __future__ import annotations
@@ -40,7 +47,15 @@ from typing import Any, cast
 from sipedge.sip.address import Endpoint
 from sipedge.transport.base import MessageSink, TransportError, TransportErrorReason
 
-__all__ = ["RCVBUF_BYTES", "UdpFlow", "UdpListener", "open_udp_listener", "peer_endpoint"]
+__all__ = [
+    "RCVBUF_BYTES",
+    "UdpFlow",
+    "UdpListener",
+    "bound_socket",
+    "open_udp_listener",
+    "peer_endpoint",
+    "tune_buffers",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -171,7 +186,7 @@ class UdpListener(asyncio.DatagramProtocol):
         try:
             # After the listener's bind, so plain binds of this address still conflict.
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock = _bound_socket(self.local, reuse_port=True)
+            sock = bound_socket(self.local, reuse_port=True)
         except (OSError, AttributeError) as exc:  # AttributeError: no SO_REUSEPORT here
             _log.warning("udp %s: cannot watch %s: %s", self.local, dest, exc)
             return False
@@ -335,7 +350,31 @@ class UdpFlow(asyncio.DatagramProtocol):
             self._transport.close()
 
 
-def _bound_socket(local: Endpoint, *, reuse_port: bool = False) -> socket.socket:
+def tune_buffers(sock: socket.socket) -> None:
+    """Ask for the large receive and send buffers (best effort: the kernel may clamp them).
+
+    Also applied to an inherited shared socket, which the parent may not have tuned.
+    """
+    for opt, size in ((socket.SO_RCVBUF, RCVBUF_BYTES), (socket.SO_SNDBUF, _SNDBUF_BYTES)):
+        with contextlib.suppress(OSError):  # best effort: the kernel may refuse or clamp
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+
+
+def bound_socket(local: Endpoint, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking UDP socket bound to ``local``, as a listener (or a flow) binds it.
+
+    Args:
+        local: the ``udp`` address; port 0 picks an ephemeral port.
+        reuse_port: join an address whose socket already has ``SO_REUSEPORT`` (flows
+            only). A listener binds without it, so a second plain bind of the address
+            (another sipedge) fails with ``EADDRINUSE`` (module docstring).
+
+    Returns:
+        The socket (the caller owns it).
+
+    Raises:
+        OSError: the bind failed.
+    """
     family = socket.AF_INET6 if ":" in local.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -346,9 +385,7 @@ def _bound_socket(local: Endpoint, *, reuse_port: bool = False) -> socket.socket
         if reuse_port:
             # A flow joins its listener's address (the listener set it after its bind).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        for opt, size in ((socket.SO_RCVBUF, RCVBUF_BYTES), (socket.SO_SNDBUF, _SNDBUF_BYTES)):
-            with contextlib.suppress(OSError):  # best effort: the kernel may refuse or clamp
-                sock.setsockopt(socket.SOL_SOCKET, opt, size)
+        tune_buffers(sock)
         sock.bind((local.host, local.port))
         sock.setblocking(False)
     except BaseException:
@@ -364,14 +401,21 @@ def _bound_socket(local: Endpoint, *, reuse_port: bool = False) -> socket.socket
 
 
 async def open_udp_listener(
-    sink: MessageSink, local: Endpoint, loop: asyncio.AbstractEventLoop
+    sink: MessageSink,
+    local: Endpoint,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    sock: socket.socket | None = None,
 ) -> UdpListener:
-    """Bind ``local`` and start delivering datagrams to ``sink``.
+    """Bind ``local`` (or serve the already bound ``sock``) and deliver datagrams to ``sink``.
 
     Args:
         sink: where datagrams go.
         local: ``udp`` endpoint to bind; port 0 picks an ephemeral port.
         loop: the running loop.
+        sock: an already bound UDP socket to serve instead of binding ``local`` (a
+            worker's copy of the parent's shared listener); the listener takes it
+            over and closes it with itself.
 
     Returns:
         The listener, whose ``local`` carries the bound port.
@@ -379,14 +423,17 @@ async def open_udp_listener(
     Raises:
         TransportError: BIND_FAILED when the address cannot be bound.
     """
+    if sock is None:
+        try:
+            sock = bound_socket(local)
+        except OSError as exc:
+            raise TransportError(TransportErrorReason.BIND_FAILED, f"{local}: {exc}") from exc
+    else:
+        tune_buffers(sock)
     try:
-        sock = _bound_socket(local)
-    except OSError as exc:
-        raise TransportError(TransportErrorReason.BIND_FAILED, f"{local}: {exc}") from exc
-    bound = peer_endpoint("udp", sock.getsockname())
-    listener = UdpListener(sink, bound, loop)
-    listener._sock = sock
-    try:
+        bound = peer_endpoint("udp", sock.getsockname())
+        listener = UdpListener(sink, bound, loop)
+        listener._sock = sock
         await loop.create_datagram_endpoint(lambda: listener, sock=sock)
     except OSError as exc:
         sock.close()
