@@ -384,7 +384,8 @@ class Transports:
         Returns:
             True when watched; False when not possible (not started or closed, no UDP
             listener for ``local``, a name instead of an address, the kernel refused
-            the shared bind); sends to ``dest`` then work as before, without the
+            the shared bind, ``local`` serves an inherited socket: see
+            ``UdpListener.watch``); sends to ``dest`` then work as before, without the
             early error.
         """
         if dest.transport != "udp" or self._closed:

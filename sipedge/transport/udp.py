@@ -83,10 +83,13 @@ class UdpListener(asyncio.DatagramProtocol):
 
     Attributes:
         local: the bound address (the real port when 0 was asked for).
+        shared: it serves a socket other processes serve too (a worker's copy of the
+            parent's listener); such a listener is never watched (see :meth:`watch`).
     """
 
     def __init__(self, sink: MessageSink, local: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
         self.local = local
+        self.shared = False
         self._sink = sink
         self._loop = loop
         self._transport: asyncio.DatagramTransport | None = None
@@ -169,11 +172,20 @@ class UdpListener(asyncio.DatagramProtocol):
 
         Returns:
             True when ``dest`` is (now) watched; False when it cannot be (a name, not an
-            address; another family; the kernel refused the shared bind or the connect),
-            in which case sends keep using the listener. The reason is logged.
+            address; another family; the kernel refused the shared bind or the connect;
+            a :attr:`shared` listener), in which case sends keep using the listener. The
+            reason is logged.
         """
         if dest in self._watched:
             return True
+        if self.shared:
+            # Every worker's flow to ``dest`` would be bound to the same ip:port and
+            # connected to the same ``dest``: one 4-tuple, and the kernel hands that
+            # tuple's datagrams and ICMP errors to one of the sockets only (the last one
+            # connected). Measured: worker A's send to a dead port was reported to
+            # worker B. Workers watch gateways from their own endpoints instead.
+            _log.debug("udp %s: not watching %s: the listener is shared", self.local, dest)
+            return False
         if self._transport is None or self._transport.is_closing() or self._sock is None:
             return False
         family = self._sock.family
@@ -415,7 +427,7 @@ async def open_udp_listener(
         loop: the running loop.
         sock: an already bound UDP socket to serve instead of binding ``local`` (a
             worker's copy of the parent's shared listener); the listener takes it
-            over and closes it with itself.
+            over, closes it with itself, and is :attr:`UdpListener.shared`.
 
     Returns:
         The listener, whose ``local`` carries the bound port.
@@ -423,6 +435,7 @@ async def open_udp_listener(
     Raises:
         TransportError: BIND_FAILED when the address cannot be bound.
     """
+    inherited = sock is not None
     if sock is None:
         try:
             sock = bound_socket(local)
@@ -434,6 +447,7 @@ async def open_udp_listener(
         bound = peer_endpoint("udp", sock.getsockname())
         listener = UdpListener(sink, bound, loop)
         listener._sock = sock
+        listener.shared = inherited
         await loop.create_datagram_endpoint(lambda: listener, sock=sock)
     except OSError as exc:
         sock.close()

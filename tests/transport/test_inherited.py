@@ -249,3 +249,20 @@ async def test_reload_readopts_an_inherited_listener_and_binds_the_rest() -> Non
             assert sink.messages[0].local == local
     finally:
         shared.close()
+
+
+async def test_shared_udp_listener_is_not_watched_own_endpoint_is() -> None:
+    # Two workers' flows to one gateway from the shared ip:port would be one 4-tuple:
+    # the kernel would give the gateway's datagrams and ICMP errors to one of them only.
+    shared = bind_shared(Endpoint("udp", SHARED_HOST, 0))
+    local = _endpoint("udp", shared)
+    gateway = Endpoint("udp", OTHER_HOST, 5060)
+    try:
+        async with Transports(RecordingSink(), inherited={local: shared}) as t:
+            shared_local, own = await t.start([local, Endpoint("udp", CLIENT_HOST, 0)])
+            assert not t.watch_udp(gateway, shared_local)
+            assert t.watch_udp(gateway, own)
+            await t.wait_watching()
+            assert t.watched_udp == [(gateway, own)]
+    finally:
+        shared.close()
