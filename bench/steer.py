@@ -34,8 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sipedge.proxy.steering import owner_of  # noqa: E402
 from sipedge.sip.address import Endpoint  # noqa: E402
-from sipedge.transport.steer import SteeringSink, WorkerLinks, _owner_of  # noqa: E402
+from sipedge.transport.steer import SteeringSink, WorkerLinks  # noqa: E402
 
 PEER = Endpoint("udp", "198.51.100.7", 5060)
 SHARED = Endpoint("udp", "192.0.2.10", 5060)
@@ -182,9 +183,8 @@ def sink_cost(repeats: int) -> dict[str, float]:
         runs = timeit.repeat(lambda r=receive, d=data, lo=local: r(d, PEER, lo, 1.0),
                              number=number, repeat=repeats)
         results[name] = statistics.median(runs) / number * 1e9
-    # TODO(issue 14): the stand-in until sipedge.proxy.steering.owner_of lands.
-    runs = timeit.repeat(lambda: _owner_of(owned, 2), number=number, repeat=repeats)
-    results["owner_of alone (stand-in)"] = statistics.median(runs) / number * 1e9
+    runs = timeit.repeat(lambda: owner_of(owned, 2), number=number, repeat=repeats)
+    results["owner_of alone"] = statistics.median(runs) / number * 1e9
     assert links.steered_out == 0 and sum(links.steer_failed.values()) == 0  # all stayed
     return results
 

@@ -82,12 +82,12 @@ import logging
 import os
 import socket
 import struct
-import zlib
 from collections.abc import Callable, Iterable
 from typing import Final
 
 from sipedge.gateway.probe import ProbeResult, Replied, SendFailed, TimedOut
 from sipedge.logs import RateLimitedLogger
+from sipedge.proxy.steering import owner_of
 from sipedge.sip.address import Endpoint
 from sipedge.transport.base import MessageSink, TransportError, TransportErrorReason
 
@@ -149,39 +149,6 @@ def link_address(group: str, index: int) -> str:
         ``"\\0sipedge-{group}-{index}"`` (the leading NUL makes it abstract).
     """
     return f"\0sipedge-{group}-{index}"
-
-
-# TODO(issue 14): replace with sipedge.proxy.steering.owner_of (same signature) once the
-# core side lands on main; this stand-in keeps the transport testable until then.
-def _owner_of(data: bytes, count: int) -> int | None:
-    """crc32(Call-ID) % count, or None when the datagram has no Call-ID header."""
-    start = data.find(b"\nCall-ID:")
-    if start >= 0 and data.find(b"\r\n\r\n", 0, start) < 0:  # in the header block
-        start += 9
-    else:  # another casing, the compact form (RFC 3261 §7.3.3), space before the colon
-        end = data.find(b"\r\n\r\n")
-        head = data[: end if end >= 0 else len(data)].lower()
-        found = _value_start(head, b"\ncall-id")
-        if found is None:
-            found = _value_start(head, b"\ni")
-        if found is None:
-            return None
-        start = found
-    stop = data.find(b"\r\n", start)
-    value = data[start : stop if stop >= 0 else len(data)].strip()
-    return zlib.crc32(value) % count if value else None
-
-
-def _value_start(head: bytes, name: bytes) -> int | None:
-    pos = head.find(name)
-    while pos >= 0:
-        at = pos + len(name)
-        while head[at : at + 1] in (b" ", b"\t"):
-            at += 1
-        if head[at : at + 1] == b":":
-            return at + 1
-        pos = head.find(name, pos + 1)
-    return None
 
 
 def _push_endpoint(endpoint: Endpoint) -> bytes:
@@ -645,7 +612,7 @@ class SteeringSink:
 
     def receive(self, data: bytes, peer: Endpoint, local: Endpoint, now: float) -> None:
         if local in self.shared:
-            owner = _owner_of(data, self._count)
+            owner = owner_of(data, self._count)
             if owner is not None and owner != self._index and self._steer(owner, data, peer, local):
                 return
         self._inner_receive(data, peer, local, now)
