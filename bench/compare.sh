@@ -42,7 +42,13 @@ measure() {  # measure NAME TARGET PIDS
         "$name" "$(kv "$lat" failed)" >>"$OUT/latency.txt"
 }
 
-"$ROOT/.venv/bin/sipedge" run --config "$ROOT/conf/lab.toml" --log-level warning \
+# WORKERS=N runs sipedge with [process] workers = N (default: the config's, 1).
+CONFIG=$ROOT/conf/lab.toml
+if [ -n "${WORKERS:-}" ]; then
+    { cat "$CONFIG"; printf '\n[process]\nworkers = %s\n' "$WORKERS"; } >"$OUT/sipedge.toml"
+    CONFIG=$OUT/sipedge.toml
+fi
+"$ROOT/.venv/bin/sipedge" run --config "$CONFIG" --log-level warning \
     >"$OUT/sipedge.log" 2>&1 &
 SIPEDGE=$!
 sleep 4

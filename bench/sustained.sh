@@ -23,18 +23,28 @@ bash "$BENCH/install.sh" >/dev/null
 "$BENCH/uas.sh" start all >/dev/null
 # SIPEDGE_CMD: another build to run (e.g. "env PYTHONPATH=/path/to/old/tree .venv/bin/python
 # -m sipedge"), for a before/after comparison in the same sitting.
-${SIPEDGE_CMD:-"$ROOT/.venv/bin/sipedge"} run --config "${CONFIG:-$ROOT/conf/lab.toml}" \
+# WORKERS=N: conf/lab.toml with [process] workers = N (the supervisor and N workers; their
+# own ports, 5080/5060 + 100 x (i + 1), are sampled too).
+CONFIG=${CONFIG:-$ROOT/conf/lab.toml}
+SOCKETS="--socket 127.0.0.1:5080 --socket 127.0.0.3:5060"
+if [ -n "${WORKERS:-}" ]; then
+    { cat "$CONFIG"; printf '\n[process]\nworkers = %s\n' "$WORKERS"; } >"$OUT/sipedge.toml"
+    CONFIG=$OUT/sipedge.toml
+    for i in $(seq 1 "$WORKERS"); do
+        SOCKETS="$SOCKETS --socket 127.0.0.1:$((5080 + 100 * i)) --socket 127.0.0.3:$((5060 + 100 * i))"
+    done
+fi
+${SIPEDGE_CMD:-"$ROOT/.venv/bin/sipedge"} run --config "$CONFIG" \
     --log-level warning >"$OUT/sipedge.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; "$BENCH/uas.sh" stop all >/dev/null' EXIT
 sleep 4  # probes mark the gateways UP
 timeline() {
-    "$PY" "$HERE/timeline.py" --admin 127.0.0.1:9091 --socket 127.0.0.1:5080 \
-        --socket 127.0.0.3:5060 "$@"
+    # shellcheck disable=SC2086
+    "$PY" "$HERE/timeline.py" --admin 127.0.0.1:9091 $SOCKETS "$@"
 }
 for run in $(seq 1 "$RUNS"); do
-    "$PY" "$HERE/timeline.py" --admin 127.0.0.1:9091 --socket 127.0.0.1:5080 \
-        --socket 127.0.0.3:5060 >"$OUT/timeline-$run.txt" 2>&1 &
+    timeline >"$OUT/timeline-$run.txt" 2>&1 &
     TL=$!  # the python itself: a background job ignores SIGINT, so stop it with TERM
     WATCH_PIDS="$PID" OUT_DIR="$OUT/cps-$run" "$BENCH/cps.sh" 127.0.0.1:5080 "$RATE" "$SECS" \
         | tail -2 | sed "s/^/run $run /"

@@ -31,6 +31,7 @@ are, at WARNING, by the daemon's event logger.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -273,6 +274,35 @@ class AdminServer:
         self.bound = Endpoint("tcp", listen.host, port)
         log.info("admin API on http://%s", self.bound.hostport)
         return self.bound
+
+    async def start_unix(self, address: str) -> None:
+        """Serve on the Unix socket ``address`` (a leading NUL: the abstract namespace).
+
+        A worker's admin API, for its supervisor's fan-out (``sipedge.fanout``); the
+        socket is bound here, so aiohttp never treats the abstract name as a file.
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(address)
+            sock.listen(64)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        runner = web.AppRunner(self._app, access_log=None, handle_signals=False,
+                               shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.SockSite(runner, sock)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        log.debug("admin API on unix:%s", address.lstrip("\0"))
 
     async def aclose(self) -> None:
         """Stop listening and close open connections (idempotent)."""

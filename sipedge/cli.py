@@ -244,8 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         return verify.run(config, call=args.call, timeout_s=args.timeout, out=sys.stdout)
     from sipedge.daemon import run
     from sipedge.logs import setup_logging
+    from sipedge.workers import worker_tag
 
-    setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
+    setup_logging(args.log_level or config.log.level, args.log_format or config.log.format,
+                  tag=worker_tag())
     for warning in config.warnings:
         print(f"sipedge: warning: {warning}", file=sys.stderr)
     return run(config, log_level=args.log_level, log_format=args.log_format)

@@ -29,18 +29,26 @@ from sipedge.config import (
     build_settings,
     build_stream_settings,
     load_config,
+    worker_endpoints,
 )
 from sipedge.eventlog import EventLogger
-from sipedge.gateway.health import GatewayStateChanged, Health, HealthPolicy, ReplyCodes
+from sipedge.gateway.health import (
+    ChangeReason,
+    GatewayStateChanged,
+    Health,
+    HealthPolicy,
+    ReplyCodes,
+)
 from sipedge.gateway.monitor import GatewayMonitor
 from sipedge.gateway.pool import Gateway, GatewayPool
-from sipedge.gateway.probe import ProbeSchedule
+from sipedge.gateway.probe import ProbeResult, ProbeSchedule
 from sipedge.lifecycle import Lifecycle, Phase
 from sipedge.logs import setup_logging
 from sipedge.metrics import GcPauseMonitor, LoopLagMonitor, make_registry, metrics_endpoint
 from sipedge.notify import Notifier
 from sipedge.proxy.core import ProxyCore, probe_settings
 from sipedge.proxy.events import Event
+from sipedge.proxy.settings import WorkerPlace
 from sipedge.sip.address import Endpoint
 from sipedge.transport import TlsSettings, Transports
 from sipedge.transport.base import TransportError
@@ -53,6 +61,8 @@ from sipedge.transport.dns import (
     is_placeholder,
 )
 from sipedge.transport.driver import CoreDriver
+from sipedge.transport.steer import SteeringSink, WorkerLinks
+from sipedge.workers import WorkerRole, die_with_parent
 
 __all__ = ["Daemon", "build_core", "run", "serve", "status_line"]
 
@@ -128,10 +138,15 @@ def probed_ids(pool: GatewayPool) -> list[str]:
 
 
 def build_core(config: Config, now: float,
-               answers: Mapping[Query, Answer] | None = None) -> ProxyCore:
+               answers: Mapping[Query, Answer] | None = None,
+               role: WorkerRole | None = None) -> ProxyCore:
     """A ready ``ProxyCore`` for ``config`` (no I/O); names resolved as in ``answers``.
 
-    The core holds the gateway monitor that probes its pool (one process: one prober).
+    The core holds the gateway monitor that probes its pool (one process: one prober). As
+    worker ``role`` of several, it gets the worker's own endpoints and share of the limits
+    (``build_settings``), and only worker 0 probes, keeping every result for the others
+    (``share_results``); the other workers' cores have no monitor and are fed with
+    ``observe_probe``.
     """
     schedule = ProbeSchedule(rng=random.Random(), interval_up_s=config.probe.interval_up_s,
                              interval_down_s=config.probe.interval_down_s,
@@ -139,11 +154,19 @@ def build_core(config: Config, now: float,
     # Probe Call-IDs and branches stay unique across restarts (RFC 3261 §8.1.1.4).
     instance = os.urandom(4).hex().encode("ascii")
     pool = build_pool(config, now, answers)
-    settings = build_settings(config)
-    monitor = GatewayMonitor(pool, schedule, probe_settings(settings), instance=instance)
+    settings = build_settings(config, worker_place(role))
+    monitor = None
+    if role is None or role.probes:
+        monitor = GatewayMonitor(pool, schedule, probe_settings(settings), instance=instance,
+                                 share_results=role is not None and role.count > 1)
     core = ProxyCore(settings, pool, monitor=monitor)
     core.start(now, probed_ids(pool))
     return core
+
+
+def worker_place(role: WorkerRole | None) -> WorkerPlace | None:
+    """The core's view of a worker role (None: the only process)."""
+    return None if role is None else WorkerPlace(index=role.index, count=role.count)
 
 
 def _sni_map(pool: GatewayPool) -> dict[Endpoint, str]:
@@ -213,12 +236,20 @@ class Daemon:
         log_level: a ``--log-level`` given on the command line wins over ``[log] level``,
             on reload too.
         log_format: likewise ``--log-format`` over ``[log] format``.
+        role: this process's place among ``[process] workers`` (None: the only one). A
+            worker listens on the parent's shared sockets plus its own endpoints, steers
+            datagrams to the worker owning their Call-ID, probes only as worker 0 and serves
+            its admin API on a Unix socket for the parent (``sipedge.workers``).
     """
 
     def __init__(self, config: Config, *, resolver: Rfc3263Resolver | None = None,
                  notifier: Notifier | None = None, log_level: str | None = None,
-                 log_format: str | None = None) -> None:
+                 log_format: str | None = None, role: WorkerRole | None = None) -> None:
         self.config = config
+        #: Set when this process is one of several workers (``sipedge.workers``).
+        self.role = role
+        self.links: WorkerLinks | None = None
+        self._steering: SteeringSink | None = None
         self.lifecycle = Lifecycle()
         self.lifecycle.on_move(self._moved)
         self.notifier = notifier if notifier is not None else Notifier.from_env()
@@ -266,31 +297,50 @@ class Daemon:
             log.error("%s: inside.pbx: cannot resolve %s: %s", config.path,
                       config.inside.pbx.host, exc)
             return self._failed(68)  # EX_NOHOST
-        core = self.core = build_core(config, loop.time())
+        role = self.role
+        core = self.core = build_core(config, loop.time(), role=role)
         driver = self.driver = CoreDriver(core, loop, self._on_event)
         tls = None
         if config.tls.cafile is not None:
             tls = TlsSettings(cafile=config.tls.cafile, certfile=config.tls.certfile,
                               keyfile=config.tls.keyfile)
         self._sni = _sni_map(core.pool)
-        transports = self.transports = Transports(driver, settings=build_stream_settings(config),
-                                                  tls=tls, sni_for=self._sni.get)
+        sink: Any = driver
+        listen = list(config.listen)
+        if role is not None:
+            links = self.links = WorkerLinks(role.group, role.index, role.count,
+                                             deliver=driver.receive,
+                                             probe_result=self._probe_result)
+            await links.start()
+            sink = self._steering = SteeringSink(driver, links)
+            listen += list(worker_endpoints(config, role.index).values())
+            if role.probes and role.count > 1:
+                driver.on_probe_results = self._share_probe_results
+        transports = self.transports = Transports(
+            sink, settings=build_stream_settings(config), tls=tls, sni_for=self._sni.get,
+            inherited=role.sockets if role is not None else None)
         driver.attach(transports)
         try:
-            await transports.start(config.listen)
+            await transports.start(listen)
         except TransportError as exc:
             log.error("cannot listen: %s", exc)
             await transports.aclose()
+            if self.links is not None:
+                self.links.close()
             return self._failed(71)  # EX_OSERR
+        if self._steering is not None:
+            self._steering.shared = frozenset(transports.inherited_udp)
         watch_gateways(transports, core)
         # DNS before the admin API: its first answers (at most DNS_START_WAIT_S) turn the
         # named gateways into addresses, so /gateways never shows the placeholders.
         await self._start_dns(config)
-        if config.admin.listen is not None:
+        if config.admin.listen is not None or role is not None:
             try:
                 self.admin = await self._start_admin(config.admin.listen)
             except OSError as exc:
-                log.error("cannot listen on admin %s: %s", config.admin.listen.hostport, exc)
+                where = role.admin_address[1:] if role is not None else \
+                    config.admin.listen.hostport if config.admin.listen else "?"
+                log.error("cannot listen on admin %s: %s", where, exc)
                 if self.watcher is not None:
                     await self.watcher.aclose()
                 await transports.aclose()
@@ -392,6 +442,8 @@ class Daemon:
             self.driver.close()
         if self.transports is not None:
             await self.transports.aclose()
+        if self.links is not None:
+            self.links.close()
         self.notifier.close()
 
     # -- drain without stopping (admin API) ---------------------------------------------
@@ -429,6 +481,10 @@ class Daemon:
             new = load_config(path)
             for warning in new.warnings:
                 log.warning("%s: %s", path, warning)
+            if self.role is not None and (new.process != self.config.process
+                                          or new.listen != self.config.listen):
+                raise ConfigError(path, "process", "listeners and [process] change only at a "
+                                  f"restart with {self.role.count} workers")
             try:
                 new = await resolve_pbx(new)
             except OSError as exc:
@@ -461,7 +517,7 @@ class Daemon:
         # 1. New sockets first: a failure here leaves everything as it was.
         added = await transports.add_listeners(new.listen)
         admin = self.admin
-        if new.admin.listen != old.admin.listen:
+        if new.admin.listen != old.admin.listen and self.role is None:
             try:
                 admin = await self._start_admin(new.admin.listen) if new.admin.listen else None
             except OSError:
@@ -485,7 +541,8 @@ class Daemon:
         answers = self.watcher.answers() if self.watcher is not None else None
         now = loop.time()
         pool = build_pool(new, now, answers)
-        core.reconfigure(build_settings(new), pool, now, probed_ids(pool))
+        core.reconfigure(build_settings(new, worker_place(self.role)), pool, now,
+                         probed_ids(pool))
         self._rewire()
         # 3. Old sockets last, and only once the calls set up through them have ended:
         # their in-dialog requests (BYE, re-INVITE) come to the address in their
@@ -539,14 +596,33 @@ class Daemon:
 
     # -- pieces -------------------------------------------------------------------------
 
-    async def _start_admin(self, listen: Endpoint) -> AdminServer:
+    def _share_probe_results(self, results: list[tuple[str, ProbeResult]]) -> None:
+        """Worker 0: send the probe results its monitor applied to the other workers."""
+        links = self.links
+        if links is not None:
+            for gateway_id, result in results:
+                links.broadcast_probe(gateway_id, result)
+
+    def _probe_result(self, gateway_id: str, result: ProbeResult, now: float) -> None:
+        """A probe result worker 0 observed: into this worker's pool (same hysteresis)."""
+        driver = self.driver
+        if driver is None:
+            return
+        driver.core.observe_probe(gateway_id, result, now)
+        driver.flush()
+
+    async def _start_admin(self, listen: Endpoint | None) -> AdminServer:
         assert self.driver is not None
         registry = make_registry(lambda: self.driver, loop_lag=self.lag,  # type: ignore[arg-type, return-value]
                                  gc_pauses=self.gc_pauses,
                                  state=lambda: self.phase.value,
                                  transports=lambda: self.transports)
         admin = AdminServer(self.driver, metrics=metrics_endpoint(registry), control=self)
-        await admin.start(listen)
+        if self.role is not None:
+            await admin.start_unix(self.role.admin_address)  # the parent serves [admin]
+        else:
+            assert listen is not None
+            await admin.start(listen)
         return admin
 
     async def _start_dns(self, config: Config) -> None:
@@ -572,7 +648,14 @@ class Daemon:
         task.add_done_callback(self._tasks.discard)
 
     def _on_event(self, event: Event) -> None:
-        self._events(event)
+        if (isinstance(event, GatewayStateChanged) and self.role is not None
+                and not self.role.probes and event.cause in _PROBE_CAUSES):
+            # Worker 0 logs every probe-driven change; the others follow its results and
+            # would only repeat the line. Their own call-driven changes are logged.
+            log.debug("gateway %s %s -> %s (from worker 0's probes)", event.gateway_id,
+                      event.old.name, event.new.name)
+        else:
+            self._events(event)
         if isinstance(event, GatewayStateChanged):
             self._send_status()
 
@@ -622,6 +705,9 @@ class Daemon:
 
         tick()
 
+
+#: Gateway state changes that come from probe results (worker 0 logs them for everyone).
+_PROBE_CAUSES = frozenset({ChangeReason.PROBE_SUCCESS, ChangeReason.PROBE_FAILURE})
 
 #: How often the drain checks whether the calls have ended.
 DRAIN_POLL_S = 0.05
@@ -675,16 +761,33 @@ def tune_gc() -> None:
 
 def run(config: Config, *, log_level: str | None = None,
         log_format: str | None = None) -> int:
-    """Run the daemon in the foreground: SIGTERM/SIGINT drain then stop, SIGHUP reloads."""
+    """Run the daemon in the foreground: SIGTERM/SIGINT drain then stop, SIGHUP reloads.
+
+    With ``[process] workers`` > 1 this process becomes the supervisor of that many
+    workers (``sipedge.workers``); a process started by one (``SIPEDGE_WORKER``) is a worker.
+    """
     from sipedge.transport import run as run_loop
 
+    role = WorkerRole.from_env()
+    if role is None and config.process.workers > 1:
+        from sipedge.workers import supervise
+
+        return supervise(config, log_level=log_level, log_format=log_format)
+    if role is not None:
+        die_with_parent(role.parent_pid)
     tune_gc()
 
     async def main() -> int:
-        daemon = Daemon(config, log_level=log_level, log_format=log_format)
+        daemon = Daemon(config, log_level=log_level, log_format=log_format, role=role)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, daemon.request_stop)
+        if role is None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, daemon.request_stop)
+        else:
+            # A terminal's Ctrl-C reaches the whole process group: the supervisor turns
+            # it into one SIGTERM per worker, so a worker's own SIGINT is ignored.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
         loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
         code = await daemon.start()
         if code is not None:

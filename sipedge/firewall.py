@@ -36,7 +36,7 @@ from typing import Literal
 from sipedge import __version__
 from sipedge.catalogue import Catalogue
 from sipedge.catalogue import load as load_catalogue
-from sipedge.config import Config, EdgeConfig
+from sipedge.config import Config, EdgeConfig, worker_endpoints
 from sipedge.sip.address import Endpoint
 
 __all__ = [
@@ -196,6 +196,19 @@ def _split_families(items: Iterable[_Addr]) -> dict[Family, tuple[str, ...]]:
     return {f: tuple(v) for f, v in sorted(out.items())}
 
 
+def _with_workers(config: Config, listen: tuple[Endpoint, ...]) -> list[Endpoint]:
+    """``listen`` and, with ``[process] workers`` > 1, each worker's own endpoint for it.
+
+    Workers name their own port in Via and Record-Route, so Twilio's answers and in-dialog
+    requests arrive there: the rules must let them in like the shared listener's.
+    """
+    out = list(listen)
+    for index in range(config.process.workers if config.process.workers > 1 else 0):
+        own = worker_endpoints(config, index)
+        out += [own[ep] for ep in listen if ep in own]
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     """Where a listener can be reached: its family (None: ``::``, both) and address."""
@@ -285,8 +298,8 @@ class _Builder:
         c = self.config
         self.add(Rule("input", "pass", "loopback untouched", loopback=True))
         self.add(Rule("input", "accept", "established/related flows", established=True))
-        outside = self.listeners(c.outside.listen, "outside.listen")
-        inside = self.listeners(c.inside.listen, "inside.listen")
+        outside = self.listeners(_with_workers(c, c.outside.listen), "outside.listen")
+        inside = self.listeners(_with_workers(c, c.inside.listen), "inside.listen")
         # Twilio picks the transport it sends over, so every configured gateway may reach
         # every outside listener on that listener's own transport and port.
         for edge, gw_set in self.gateway_sets():

@@ -134,18 +134,42 @@ def make_formatter(fmt: str, environ: Mapping[str, str] = os.environ,
     raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
+class _Tagged(logging.Filter):
+    """Prefix each record's logger name with a worker's tag (``w1/sipedge``)."""
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.tag):
+            record.name = f"{self.tag}/{record.name}"
+        return True
+
+
+#: The worker tag of this process, once set (kept when a reload rebuilds the handler).
+_tag: list[str] = []
+
+
+def setup_logging(level: str, fmt: str = "text", tag: str | None = None) -> None:
     """Send every record at ``level`` or above to stderr, one per line, as ``fmt``.
 
     Args:
         level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``.
         fmt: ``text`` or ``json`` (see the module docstring).
+        tag: a worker's name (``w0``, ``w1``…), put before every logger name so the
+            lines of several workers sharing one journal tell which one wrote them; once
+            given, later calls keep it.
 
     Raises:
         ValueError: unknown ``level`` or ``fmt``.
     """
+    if tag is not None:
+        _tag[:] = [tag]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(make_formatter(fmt, os.environ, sys.stderr))
+    if _tag:
+        handler.addFilter(_Tagged(_tag[0]))
     root = logging.getLogger()
     root.setLevel(level.upper())
     root.handlers[:] = [handler]

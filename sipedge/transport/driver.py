@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from sipedge.gateway.probe import ProbeResult
 from sipedge.logs import RateLimitedLogger
 from sipedge.proxy.core import ProxyCore
 from sipedge.proxy.events import Event
@@ -40,6 +41,9 @@ class CoreDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.internal_errors = 0
+        #: Worker 0 of several: gets every probe result its monitor applied, to send to
+        #: the other workers (``sipedge.workers``); None in a single process.
+        self.on_probe_results: Callable[[list[tuple[str, ProbeResult]]], None] | None = None
         self._limited = RateLimitedLogger(logging.getLogger(__name__))
 
     def attach(self, sender: Sender) -> None:
@@ -94,6 +98,11 @@ class CoreDriver:
         if events:
             for event in events:
                 self._on_event(event)
+        share = self.on_probe_results
+        if share is not None:
+            results = core.drain_probe_results()
+            if results:
+                share(results)
         deadline = core.next_deadline()
         if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
             if self._timer is not None:
