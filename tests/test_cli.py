@@ -67,7 +67,7 @@ def test_run_passes_the_log_format_to_setup_logging(
                     + f'\n[log]\nformat = "{file_format}"\n')
     calls: list[tuple[str, str]] = []
     monkeypatch.setattr("sipedge.logs.setup_logging",
-                        lambda level, fmt="text": calls.append((level, fmt)))
+                        lambda level, fmt="text", tag=None: calls.append((level, fmt)))
     monkeypatch.setattr("sipedge.daemon.run", lambda config, log_level=None, log_format=None: 0)
     assert main(["run", "--config", str(conf), *argv]) == 0
     assert calls == [expected]

@@ -383,3 +383,25 @@ def test_cli_refuses_a_bad_config_with_exit_78(tmp_path: Path,
     bad.write_text((ROOT / "conf" / "lab.toml").read_text().replace("ashburn-ix", "gll-ix"))
     assert main(["firewall", "--config", str(bad)]) == 78
     assert "media-only" in capsys.readouterr().err
+
+
+def test_worker_ports_get_the_rules_of_their_listener(tmp_path: Path) -> None:
+    # [process] workers = 2: each worker's own port (listener + 100 x (i + 1)) carries its
+    # calls' answers and in-dialog requests, so it is let in (and guarded) like the listener.
+    text = (ROOT / "conf" / "sipedge.toml").read_text().replace("\nworkers = 1", "\nworkers = 2")
+    assert "\nworkers = 2" in text
+    path = tmp_path / "sipedge.toml"
+    path.write_text(text)
+    config = load_config(path)
+    rendered, _ = render(config, "nftables")
+    nft_check(rendered, tmp_path)
+    body = "\n".join(rule_lines(rendered))
+    for ep in config.listen:
+        proto = "udp" if ep.transport == "udp" else "tcp"
+        for port in (ep.port, ep.port + 100, ep.port + 200):
+            assert f'ip daddr {ep.host} {proto} dport {port} counter name "sip_dropped" drop' \
+                in body, (ep, port)
+    outside = config.outside.listen[0]
+    proto = "udp" if outside.transport == "udp" else "tcp"
+    assert (f"ip saddr @gw_ashburn_ix_v4 ip daddr {outside.host} {proto} dport "
+            f"{outside.port + 200} accept") in body
