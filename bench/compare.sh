@@ -48,7 +48,8 @@ if [ -n "${WORKERS:-}" ]; then
     { cat "$CONFIG"; printf '\n[process]\nworkers = %s\n' "$WORKERS"; } >"$OUT/sipedge.toml"
     CONFIG=$OUT/sipedge.toml
 fi
-"$ROOT/.venv/bin/sipedge" run --config "$CONFIG" --log-level warning \
+# SIPEDGE_CMD: another build (e.g. the mypyc wheel of `make unit-compiled`, see sustained.sh).
+${SIPEDGE_CMD:-"$ROOT/.venv/bin/sipedge"} run --config "$CONFIG" --log-level warning \
     >"$OUT/sipedge.log" 2>&1 &
 SIPEDGE=$!
 sleep 4
