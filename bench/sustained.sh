@@ -44,8 +44,9 @@ timeline() {
     "$PY" "$HERE/timeline.py" --admin 127.0.0.1:9091 $SOCKETS "$@"
 }
 for run in $(seq 1 "$RUNS"); do
-    timeline >"$OUT/timeline-$run.txt" 2>&1 &
-    TL=$!  # the python itself: a background job ignores SIGINT, so stop it with TERM
+    # shellcheck disable=SC2086
+    "$PY" "$HERE/timeline.py" --admin 127.0.0.1:9091 $SOCKETS >"$OUT/timeline-$run.txt" 2>&1 &
+    TL=$!  # the python itself (not a function's subshell): a background job ignores SIGINT, so stop it with TERM
     WATCH_PIDS="$PID" OUT_DIR="$OUT/cps-$run" "$BENCH/cps.sh" 127.0.0.1:5080 "$RATE" "$SECS" \
         | tail -2 | sed "s/^/run $run /"
     kill -TERM $TL; wait $TL
