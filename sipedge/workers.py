@@ -191,6 +191,7 @@ class _Worker:
     started: float = 0.0
     exits: list[float] = dataclasses.field(default_factory=list)
     restarts: int = 0
+    terms: int = 0  # SIGTERMs sent to the running process
 
 
 class Supervisor:
@@ -308,6 +309,7 @@ class Supervisor:
         if self._log_format is not None:
             args += ["--log-format", self._log_format]
         worker.ready = worker.reloading = worker.stopping = False
+        worker.terms = 0
         worker.status = ""
         worker.started = worker.last_ping = time.monotonic()
         worker.proc = await asyncio.create_subprocess_exec(
@@ -452,14 +454,15 @@ class Supervisor:
 
     async def _stop_all(self, *, hard: bool) -> None:
         self._stopping = True
-        signals = (signal.SIGTERM, signal.SIGTERM) if hard else (signal.SIGTERM,)
+        # A worker drains on its first SIGTERM and stops at once on its second; a third
+        # would find its handlers gone (it is closing) and kill it mid-close.
+        wanted = 2 if hard else 1
         for worker in self.workers:
             proc = worker.proc
-            if proc is None:
-                continue
-            for sig in signals:
+            while proc is not None and worker.terms < wanted:
+                worker.terms += 1
                 with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(sig)
+                    proc.send_signal(signal.SIGTERM)
         if all(w.proc is None for w in self.workers):
             self._done.set()
 

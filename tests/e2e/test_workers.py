@@ -140,3 +140,31 @@ def test_a_second_instance_cannot_take_the_ports(tmp_path: Path,
     assert second.returncode == 71, second.stderr
     assert "cannot listen" in second.stderr
     assert daemon.proc.poll() is None  # type: ignore[attr-defined]
+
+
+def test_cancel_finds_its_invite_in_the_worker_that_owns_the_call(
+        tmp_path: Path, daemon_factory: object, sipp_factory: object) -> None:
+    # The CANCEL lands on the shared socket (whichever worker reads it) and is steered by
+    # its Call-ID to the worker holding the INVITE: every call ends 487, none 481.
+    for ip in VIRGINIA:
+        uas(sipp_factory, ip, scenario=SCENARIOS / "uas_cancel.xml")
+    daemon = daemon_factory(lab_config(tmp_path, extra=WORKERS))  # type: ignore[operator]
+    _ready(daemon)
+    caller = uac(sipp_factory, "127.0.0.1:5080", calls=12, rate=12,
+                 scenario=SCENARIOS / "uac_cancel.xml")
+    rc = caller.wait(40)
+    assert rc == 0, caller.errors() + daemon.log()  # type: ignore[attr-defined]
+
+
+def test_tcp_calls_with_workers(tmp_path: Path, daemon_factory: object,
+                                sipp_factory: object) -> None:
+    # A TCP connection stays with the worker that accepted it; that worker's own TCP port
+    # is in the Record-Route for the gateway's in-dialog requests.
+    gateways = [uas(sipp_factory, ip, transport="t1") for ip in VIRGINIA]
+    daemon = daemon_factory(lab_config(tmp_path, transport="tcp", extra=WORKERS))  # type: ignore[operator]
+    _ready(daemon)
+    caller = uac(sipp_factory, "127.0.0.1:5080", calls=10, rate=10, transport="t1")
+    rc = caller.wait(40)
+    assert rc == 0, caller.errors() + daemon.log()  # type: ignore[attr-defined]
+    seen = "\n".join(_messages(g) for g in gateways)
+    assert re.search(r"Record-Route: <sip:127\.0\.0\.3:5[12]60;transport=tcp;lr>", seen)
