@@ -67,7 +67,7 @@ log = logging.getLogger("sipedge.workers")
 
 #: The environment variable that makes ``sipedge run`` a worker (JSON, ``WorkerRole``).
 ENV = "SIPEDGE_WORKER"
-#: A worker's watchdog period when systemd gives the parent none (or a longer one).
+#: A worker's watchdog period: one silent this long is killed and restarted.
 WORKER_WATCHDOG_USEC = 10_000_000
 #: A worker that exits more often than this within the window stops the service.
 CRASH_LIMIT = 5
@@ -227,8 +227,9 @@ class Supervisor:
         self._tick: asyncio.TimerHandle | None = None
         self._last_status = ""
         self.admin: object | None = None  # fanout.FanoutServer, typed loosely to keep imports down
-        watchdog = self.notifier.watchdog_usec
-        self.worker_watchdog_usec = min(WORKER_WATCHDOG_USEC, watchdog or WORKER_WATCHDOG_USEC)
+        # The workers' own watchdog, independent of systemd's (which guards this loop): a
+        # short WatchdogSec= must not get a worker killed for one slow second under load.
+        self.worker_watchdog_usec = WORKER_WATCHDOG_USEC
 
     # -- start ---------------------------------------------------------------------------
 

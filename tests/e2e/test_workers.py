@@ -7,6 +7,7 @@ listeners (port + 100 × (index + 1)): inside 127.0.0.1:5180 / :5280, outside
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import SCENARIOS, admin_get, lab_config, uac, uas
+from tests.e2e.conftest import SCENARIOS, STATS, admin_get, lab_config, sipp_counts, uac, uas
+from tests.e2e.test_service import _NotifySocket
 
 pytestmark = pytest.mark.e2e
 
@@ -168,3 +170,58 @@ def test_tcp_calls_with_workers(tmp_path: Path, daemon_factory: object,
     assert rc == 0, caller.errors() + daemon.log()  # type: ignore[attr-defined]
     seen = "\n".join(_messages(g) for g in gateways)
     assert re.search(r"Record-Route: <sip:127\.0\.0\.3:5[12]60;transport=tcp;lr>", seen)
+
+
+def test_systemd_sees_one_service(tmp_path: Path, daemon_factory: object,
+                                  sipp_factory: object) -> None:
+    # The supervisor is systemd's main process: READY=1 once both workers are ready, its
+    # own watchdog pings, RELOADING=1 … READY=1 around a reload of every worker, then
+    # STOPPING=1; the workers' notifications go to the supervisor, not to systemd.
+    for ip in (*VIRGINIA, "127.0.1.64", "127.0.1.65", "127.0.1.66"):
+        uas(sipp_factory, ip)
+    notify = _NotifySocket(tmp_path / "notify.sock")
+    try:
+        daemon = daemon_factory(  # type: ignore[operator]
+            lab_config(tmp_path, extra=WORKERS),
+            env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"})
+        notify.wait_for("READY", "1", timeout=20)
+        up = "ready: 2/2 workers; 3/3 ashburn-ix up, 3/3 san-jose-ix up, 0 calls"
+        notify.wait_for("STATUS", up, timeout=10)
+        time.sleep(1.5)  # a few of the supervisor's watchdog periods (0.5 s)
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait_for("READY", "1", count=2)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(15) == 0, daemon.log()
+    finally:
+        notify.close()
+    seen = notify.datagrams
+    assert seen[0][1]["READY"] == "1"
+    assert notify.bound_at_ready is True
+    readies = notify.having("READY", "1")
+    (reloading,) = notify.having("RELOADING", "1")
+    (stopping,) = notify.having("STOPPING", "1")
+    assert len(readies) == 2 and readies[0] < reloading < readies[1] < stopping
+    pings = [t for t, f in seen if f.get("WATCHDOG") == "1"]
+    assert len(pings) >= 3 and max(b - a for a, b in itertools.pairwise(pings)) < 1.0
+
+
+def test_sigterm_drains_every_worker(tmp_path: Path, daemon_factory: object,
+                                     sipp_factory: object) -> None:
+    for ip in VIRGINIA:
+        uas(sipp_factory, ip)
+    daemon = daemon_factory(lab_config(tmp_path, extra=WORKERS))  # type: ignore[operator]
+    _ready(daemon)
+    held = uac(sipp_factory, "127.0.0.1:5080", calls=40, rate=40, name="held",
+               extra=(*STATS, "-d", "3000"))
+    time.sleep(1.5)  # every call set up and held
+    daemon.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+    daemon.wait_log("stopping: draining 2 workers")  # type: ignore[attr-defined]
+    late = uac(sipp_factory, "127.0.0.1:5080", calls=1, rate=1, port=5098, name="late",
+               scenario=SCENARIOS / "uac_503.xml", extra=STATS)
+    assert late.wait(15) == 0, late.errors() + daemon.log()  # type: ignore[attr-defined]
+    assert held.wait(30) == 0, held.errors() + daemon.log()  # type: ignore[attr-defined]
+    assert sipp_counts(held) == {"total": 40, "successful": 40, "failed": 0}
+    assert daemon.wait(15) == 0  # type: ignore[attr-defined]
+    log = daemon.log()  # type: ignore[attr-defined]
+    assert log.count("drained: every call ended") == 2
+    assert "exited (exit code 0)" in log and "killed by" not in log
