@@ -133,12 +133,24 @@ attacks: $(STAMP) sipp tools
 ## make fuzz: the long fuzz run of issue 13 (not in CI): atheris over the parser and the
 ## forward transform for FUZZ_SECONDS (default 300), then over the whole proxy core for
 ## FUZZ_RUNS executions (default 10^6, the issue's count; a count, not a time, so the
-## figure does not depend on how loaded the box is)
+## figure does not depend on how loaded the box is), split over FUZZ_JOBS processes (one
+## per CPU) sharing fuzz/corpus_core, each logging to fuzz/core-N.log. Each runs in a
+## session of its own with its autogroup at nice 19: under the kernel's autogroup
+## scheduler a plain `nice` only ranks processes within one session, and fuzzers started
+## from a shell starved everything else that shell ran.
+POLITE := setsid -w sh -c 'echo 19 > /proc/self/autogroup 2>/dev/null; exec nice -n 19 "$$@"' sh
 fuzz: $(STAMP)
 	$(PY) -m pip install -q atheris
-	$(PY) fuzz/fuzz_message.py -max_total_time=$${FUZZ_SECONDS:-300} fuzz/corpus_seed
+	$(POLITE) $(PY) fuzz/fuzz_message.py -max_total_time=$${FUZZ_SECONDS:-300} fuzz/corpus_seed
 	mkdir -p fuzz/corpus_core
-	$(PY) fuzz/fuzz_core.py -atheris_runs=$${FUZZ_RUNS:-1000000} fuzz/corpus_core
+	@jobs=$${FUZZ_JOBS:-$$(nproc)}; runs=$${FUZZ_RUNS:-1000000}; pids=""; rc=0; \
+	for i in $$(seq 1 $$jobs); do \
+	    $(POLITE) $(PY) fuzz/fuzz_core.py -atheris_runs=$$(( (runs + jobs - 1) / jobs )) \
+	        -seed=$$i fuzz/corpus_core >fuzz/core-$$i.log 2>&1 & pids="$$pids $$!"; \
+	done; \
+	echo "fuzz: $$jobs core fuzzers ($$runs executions in all), logs fuzz/core-*.log"; \
+	for p in $$pids; do wait $$p || rc=1; done; \
+	for f in fuzz/core-*.log; do grep "fuzz_core totals" $$f | tail -n 1; done; exit $$rc
 
 ## make install [DESTDIR=] [PREFIX=/opt/sipedge]: sipedge in its own venv at PREFIX, the
 ## unit, the sipedge system user and a starter config (never overwritten). As root.
