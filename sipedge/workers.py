@@ -50,6 +50,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import struct
@@ -433,11 +434,19 @@ class Supervisor:
         tick()
 
     def status_line(self) -> str:
-        """systemd's STATUS=: "ready: 2/2 workers; 3/3 ashburn-ix up, … (worker 0)"."""
+        """systemd's STATUS=: "ready: 2/2 workers; 3/3 ashburn-ix up, …, 12 calls".
+
+        The gateway part is worker 0's (every worker follows its probes); the calls are
+        the sum over the workers' own STATUS= lines.
+        """
         ready = sum(w.ready for w in self.workers)
         phase = "stopping" if self._stopping else "reloading" if self._reloading else "ready"
         first = self.workers[0].status
         detail = first.split(": ", 1)[1] if ": " in first else first
+        counts = [_CALLS.search(w.status) for w in self.workers]
+        if detail and _CALLS.search(detail):
+            calls = sum(int(m.group(1)) for m in counts if m is not None)
+            detail = _CALLS.sub(f"{calls} call{'s' if calls != 1 else ''}", detail)
         return f"{phase}: {ready}/{self.count} workers" + (f"; {detail}" if detail else "")
 
     # -- signals ---------------------------------------------------------------------------
@@ -469,8 +478,8 @@ class Supervisor:
 
     def request_reload(self) -> None:
         """SIGHUP: validate the file here, then have every worker reload it."""
-        if self._stopping:
-            log.warning("reload ignored while stopping")
+        if self._stopping or not self._serving:
+            log.warning("reload ignored while %s", "stopping" if self._stopping else "starting")
             return
         path = self.config.path
         try:
@@ -545,6 +554,10 @@ class Supervisor:
     def restarts(self) -> int:
         """Worker restarts since the start (``sipedge_worker_restarts_total``)."""
         return sum(w.restarts for w in self.workers)
+
+
+#: The call count at the end of a worker's STATUS= line (``daemon.status_line``).
+_CALLS = re.compile(r"(\d+) calls?$")
 
 
 def _how(code: int) -> str:
