@@ -41,7 +41,6 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from sipedge.gateway.monitor import GatewayMonitor, ProbeSettings
@@ -143,55 +142,88 @@ class Send(NamedTuple):
     local: Endpoint
 
 
-@dataclass(slots=True)
 class _Branch:
-    """One attempt of a request toward one destination (a client transaction)."""
+    """One attempt of a request toward one destination (a client transaction).
 
-    key: bytes
-    ctx: _Context
-    tx: ClientTransaction
-    request: bytes
-    dest: Endpoint
-    local: Endpoint
-    gateway: Gateway | None
-    sent_at: float
-    provisional: bool = False
-    final: int = 0
-    cancel_pending: bool = False
-    abandoned: bool = False  # superseded by failover; its responses no longer decide
-    is_cancel: bool = False  # our hop-by-hop CANCEL: its responses end here (§16.10)
-    silenced: bool = False  # failed over before any reply: stop retransmitting the request
-    timer_c: float = 0.0  # RFC 3261 §16.6 step 11 deadline, armed by a 1xx (0 = not armed)
-    cancel_sent: bool = False
+    A plain class rather than a dataclass (two are built per call): mypyc compiles its
+    ``__init__`` natively, a dataclass's generated one stays interpreted. Compared by
+    identity (the code looks branches up by key and compares them with ``is``).
+    """
+
+    __slots__ = ("abandoned", "cancel_pending", "cancel_sent", "ctx", "dest", "final",
+                 "gateway", "is_cancel", "key", "local", "provisional", "request", "sent_at",
+                 "silenced", "timer_c", "tx")
+
+    def __init__(self, key: bytes, ctx: _Context, tx: ClientTransaction, request: bytes,
+                 dest: Endpoint, local: Endpoint, gateway: Gateway | None, sent_at: float,
+                 *, abandoned: bool = False, is_cancel: bool = False) -> None:
+        self.key = key
+        self.ctx = ctx
+        self.tx = tx
+        self.request = request
+        self.dest = dest
+        self.local = local
+        self.gateway = gateway
+        self.sent_at = sent_at
+        self.provisional = False
+        self.final = 0
+        self.cancel_pending = False
+        #: Superseded by failover: its responses no longer decide.
+        self.abandoned = abandoned
+        #: Our hop-by-hop CANCEL: its responses end here (§16.10).
+        self.is_cancel = is_cancel
+        #: Failed over before any reply: stop retransmitting the request.
+        self.silenced = False
+        #: RFC 3261 §16.6 step 11 deadline, armed by a 1xx (0 = not armed).
+        self.timer_c = 0.0
+        self.cancel_sent = False
 
 
-@dataclass(slots=True)
 class _Context:
-    """Proxy state of one incoming request: its server transaction and its branches."""
+    """Proxy state of one incoming request: its server transaction and its branches.
 
-    key: bytes
-    server: ServerTransaction
-    request: Request
-    uri: Uri  # the parsed Request-URI (validation parsed it; routing reuses it)
-    peer: Endpoint
-    local: Endpoint
-    direction: Direction
-    branches: list[_Branch] = field(default_factory=list)
-    tried: set[str] = field(default_factory=set)
-    best: Response | None = None
-    any_timeout: bool = False
-    done: bool = False  # a final response went upstream
-    cancelled: bool = False
-    to_tag: bytes = b""
-    # Call accounting (initial INVITEs only): metrics, call log lines, drain.
-    is_call: bool = False
-    counted: bool = False  # calls_started counted
-    call_done: bool = False  # answered or failed: counted once
-    rang: bool = False  # first 18x seen (post-dial delay measured)
-    started_at: float = 0.0
-    edge: str = ""  # edge of the current attempt (outbound) or of the source (inbound)
-    decided_by: Gateway | None = None  # the gateway whose final answer went upstream
-    emergency: bool = False  # an emergency number: bypasses the call caps
+    A plain class rather than a dataclass, like :class:`_Branch` (compared by identity).
+    """
+
+    __slots__ = ("any_timeout", "best", "branches", "call_done", "cancelled", "counted",
+                 "decided_by", "direction", "done", "edge", "emergency", "is_call", "key",
+                 "local", "peer", "rang", "request", "server", "started_at", "to_tag",
+                 "tried", "uri")
+
+    def __init__(self, key: bytes, server: ServerTransaction, request: Request, uri: Uri,
+                 peer: Endpoint, local: Endpoint, direction: Direction, *,
+                 to_tag: bytes = b"") -> None:
+        self.key = key
+        self.server = server
+        self.request = request
+        #: The parsed Request-URI (validation parsed it; routing reuses it).
+        self.uri = uri
+        self.peer = peer
+        self.local = local
+        self.direction = direction
+        self.branches: list[_Branch] = []
+        self.tried: set[str] = set()
+        self.best: Response | None = None
+        self.any_timeout = False
+        #: A final response went upstream.
+        self.done = False
+        self.cancelled = False
+        self.to_tag = to_tag
+        # Call accounting (initial INVITEs only): metrics, call log lines, drain.
+        self.is_call = False
+        #: calls_started counted.
+        self.counted = False
+        #: Answered or failed: counted once.
+        self.call_done = False
+        #: First 18x seen (post-dial delay measured).
+        self.rang = False
+        self.started_at = 0.0
+        #: Edge of the current attempt (outbound) or of the source (inbound).
+        self.edge = ""
+        #: The gateway whose final answer went upstream.
+        self.decided_by: Gateway | None = None
+        #: An emergency number: bypasses the call caps.
+        self.emergency = False
 
 
 class _Settled(NamedTuple):

@@ -7,7 +7,6 @@ handed to the socket layer as is; it is not wire data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 __all__ = ["TRANSPORTS", "Endpoint", "default_port"]
@@ -21,9 +20,15 @@ def default_port(transport: str) -> int:
     return 5061 if transport == "tls" else 5060
 
 
-@dataclass(frozen=True, slots=True)
 class Endpoint:
     """A transport address: ``udp:127.0.0.1:5060``.
+
+    A value: ``==`` and ``hash`` compare the three fields, as a frozen dataclass's did (the
+    hash is the same one, computed once: an endpoint keys the transaction, connection and
+    flow tables and is hashed about a dozen times per call). A plain class with an
+    explicit ``__init__`` rather than a dataclass, because mypyc compiles it natively
+    (a dataclass's generated methods stay interpreted Python); the fields are ``Final``
+    (read-only in the compiled core, checked by mypy everywhere).
 
     Attributes:
         transport: ``"udp"``, ``"tcp"`` or ``"tls"`` (lower case).
@@ -31,9 +36,31 @@ class Endpoint:
         port: the port number.
     """
 
-    transport: str
-    host: str
-    port: int
+    __slots__ = ("_hash", "host", "port", "transport")
+
+    transport: Final[str]
+    host: Final[str]
+    port: Final[int]
+    _hash: Final[int]
+
+    def __init__(self, transport: str, host: str, port: int) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self._hash = hash((transport, host, port))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Endpoint):
+            return NotImplemented
+        return (self._hash == other._hash and self.port == other.port
+                and self.host == other.host and self.transport == other.transport)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__qualname__}(transport={self.transport!r}, "
+                f"host={self.host!r}, port={self.port!r})")
 
     @property
     def is_reliable(self) -> bool:

@@ -11,7 +11,6 @@ nothing else escapes -- except Retry-After, which is advice: a malformed one rea
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Final
 
 from sipedge.sip.errors import ParseError
@@ -267,7 +266,6 @@ def split_host_port(hostport: bytes) -> tuple[bytes, int | None]:
     return host, port
 
 
-@dataclass(frozen=True, slots=True)
 class Via:
     """One Via value (RFC 3261 §20.42): ``SIP/2.0/<transport> <host>[:<port>];params``.
 
@@ -278,10 +276,40 @@ class Via:
         params: ``(lowercase name, value | None)`` in wire order.
     """
 
-    transport: bytes
-    host: bytes
-    port: int | None
-    params: tuple[Param, ...]
+    # A plain class, not a frozen dataclass: mypyc compiles its ``__init__``, ``__eq__``
+    # and ``__hash__`` natively (a dataclass's generated methods stay interpreted).
+    # Same semantics: Final (read-only) fields, value equality and hash, the repr.
+    __slots__ = ("host", "params", "port", "transport")
+
+    transport: Final[bytes]
+    host: Final[bytes]
+    port: Final[int | None]
+    params: Final[tuple[Param, ...]]
+
+    def __init__(
+        self,
+        transport: bytes,
+        host: bytes,
+        port: int | None,
+        params: tuple[Param, ...],
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = params
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Via):
+            return NotImplemented
+        return (self.transport == other.transport and self.host == other.host
+                and self.port == other.port and self.params == other.params)
+
+    def __hash__(self) -> int:
+        return hash((self.transport, self.host, self.port, self.params))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__qualname__}(transport={self.transport!r}, host={self.host!r}, "
+                f"port={self.port!r}, params={self.params!r})")
 
     def param(self, name: bytes) -> bytes | None:
         """Value of parameter ``name`` (lowercase); ``b""`` for a bare flag, None if absent."""
@@ -362,12 +390,31 @@ def parse_via(value: bytes) -> Via:
     return Via(transport, host, port, params)
 
 
-@dataclass(frozen=True, slots=True)
 class CSeq:
     """CSeq value (RFC 3261 §20.16): sequence number and method."""
 
-    number: int
-    method: bytes
+    # A plain class, not a frozen dataclass: mypyc compiles its ``__init__``, ``__eq__``
+    # and ``__hash__`` natively (a dataclass's generated methods stay interpreted).
+    # Same semantics: Final (read-only) fields, value equality and hash, the repr.
+    __slots__ = ("method", "number")
+
+    number: Final[int]
+    method: Final[bytes]
+
+    def __init__(self, number: int, method: bytes) -> None:
+        self.number = number
+        self.method = method
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CSeq):
+            return NotImplemented
+        return self.number == other.number and self.method == other.method
+
+    def __hash__(self) -> int:
+        return hash((self.number, self.method))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(number={self.number!r}, method={self.method!r})"
 
 
 def parse_cseq(value: bytes) -> CSeq:
@@ -412,7 +459,6 @@ def parse_retry_after(value: bytes | None) -> float | None:
     return float(int(digits))
 
 
-@dataclass(frozen=True, slots=True)
 class NameAddr:
     """``[display] <uri>;params`` or ``uri;params`` (RFC 3261 §20.10, §25.1).
 
@@ -422,9 +468,32 @@ class NameAddr:
         params: header parameters (after the URI), e.g. ``tag``.
     """
 
-    display: bytes | None
-    uri: bytes
-    params: tuple[Param, ...]
+    # A plain class, not a frozen dataclass: mypyc compiles its ``__init__``, ``__eq__``
+    # and ``__hash__`` natively (a dataclass's generated methods stay interpreted).
+    # Same semantics: Final (read-only) fields, value equality and hash, the repr.
+    __slots__ = ("display", "params", "uri")
+
+    display: Final[bytes | None]
+    uri: Final[bytes]
+    params: Final[tuple[Param, ...]]
+
+    def __init__(self, display: bytes | None, uri: bytes, params: tuple[Param, ...]) -> None:
+        self.display = display
+        self.uri = uri
+        self.params = params
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NameAddr):
+            return NotImplemented
+        return (self.uri == other.uri and self.display == other.display
+                and self.params == other.params)
+
+    def __hash__(self) -> int:
+        return hash((self.display, self.uri, self.params))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__qualname__}(display={self.display!r}, uri={self.uri!r}, "
+                f"params={self.params!r})")
 
     @property
     def tag(self) -> bytes | None:

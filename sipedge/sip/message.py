@@ -1034,7 +1034,6 @@ def _has_folded_line(data: bytes) -> bool:
 # -- forwarding (RFC 3261 §16.6) ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class ForwardPlan:
     """What to change when forwarding a request (RFC 3261 §16.6 as data).
 
@@ -1047,12 +1046,50 @@ class ForwardPlan:
         rport: fill a bare ``;rport`` on the previous hop's Via (RFC 3581 §4).
     """
 
-    via: bytes
-    request_uri: bytes | None = None
-    record_route: tuple[bytes, ...] = ()
-    pop_routes: int = 0
-    received: bytes | None = None
-    rport: int | None = None
+    # A plain class, not a frozen dataclass: mypyc compiles its ``__init__``, ``__eq__``
+    # and ``__hash__`` natively (a dataclass's generated methods stay interpreted).
+    # Same semantics: Final (read-only) fields, value equality and hash, the repr.
+    __slots__ = ("pop_routes", "received", "record_route", "request_uri", "rport", "via")
+
+    via: Final[bytes]
+    request_uri: Final[bytes | None]
+    record_route: Final[tuple[bytes, ...]]
+    pop_routes: Final[int]
+    received: Final[bytes | None]
+    rport: Final[int | None]
+
+    def __init__(
+        self,
+        via: bytes,
+        request_uri: bytes | None = None,
+        record_route: tuple[bytes, ...] = (),
+        pop_routes: int = 0,
+        received: bytes | None = None,
+        rport: int | None = None,
+    ) -> None:
+        self.via = via
+        self.request_uri = request_uri
+        self.record_route = record_route
+        self.pop_routes = pop_routes
+        self.received = received
+        self.rport = rport
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ForwardPlan):
+            return NotImplemented
+        return (self.via == other.via and self.request_uri == other.request_uri
+                and self.record_route == other.record_route
+                and self.pop_routes == other.pop_routes
+                and self.received == other.received and self.rport == other.rport)
+
+    def __hash__(self) -> int:
+        return hash((self.via, self.request_uri, self.record_route, self.pop_routes, self.received,
+                     self.rport))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__qualname__}(via={self.via!r}, request_uri={self.request_uri!r}, "
+                f"record_route={self.record_route!r}, pop_routes={self.pop_routes!r}, "
+                f"received={self.received!r}, rport={self.rport!r})")
 
 
 def _split_raw(raw: bytes, sep: bytes) -> list[bytes]:

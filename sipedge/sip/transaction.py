@@ -166,25 +166,79 @@ class Effect(Enum):
 # ── actions handed back to the caller ───────────────────────────────────────────────────
 
 
-@dataclass(frozen=True, slots=True)
 class SendRequest:
     """Put ``data`` on the wire towards the next hop: the request, a retransmission, an ACK."""
 
-    data: bytes
+    # A plain class, not a frozen dataclass: mypyc compiles its ``__init__``, ``__eq__``
+    # and ``__hash__`` natively (a dataclass's generated methods stay interpreted).
+    # Same semantics: Final (read-only) fields, value equality and hash, the repr.
+    __slots__ = ("data",)
+
+    data: Final[bytes]
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SendRequest):
+            return NotImplemented
+        return self.data == other.data
+
+    def __hash__(self) -> int:
+        return hash((self.data,))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(data={self.data!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class SendResponse:
     """Put ``data`` (a response) on the wire towards the previous hop."""
 
-    data: bytes
+    # A plain class, not a frozen dataclass: mypyc compiles its ``__init__``, ``__eq__``
+    # and ``__hash__`` natively (a dataclass's generated methods stay interpreted).
+    # Same semantics: Final (read-only) fields, value equality and hash, the repr.
+    __slots__ = ("data",)
+
+    data: Final[bytes]
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SendResponse):
+            return NotImplemented
+        return self.data == other.data
+
+    def __hash__(self) -> int:
+        return hash((self.data,))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(data={self.data!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class PassResponse:
     """Hand the response the caller just fed in (status ``status``) up to the TU."""
 
-    status: int
+    # A plain class, not a frozen dataclass: mypyc compiles its ``__init__``, ``__eq__``
+    # and ``__hash__`` natively (a dataclass's generated methods stay interpreted).
+    # Same semantics: Final (read-only) fields, value equality and hash, the repr.
+    __slots__ = ("status",)
+
+    status: Final[int]
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PassResponse):
+            return NotImplemented
+        return self.status == other.status
+
+    def __hash__(self) -> int:
+        return hash((self.status,))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(status={self.status!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,11 +246,29 @@ class PassRequest:
     """Hand the request the caller just fed in (an ACK in ACCEPTED) up to the TU."""
 
 
-@dataclass(frozen=True, slots=True)
 class TimedOut:
     """Timer ``timer`` (``"B"``, ``"F"`` or ``"H"``) fired: tell the TU (RFC 3261 §17.1.1.2)."""
 
-    timer: str
+    # A plain class, not a frozen dataclass: mypyc compiles its ``__init__``, ``__eq__``
+    # and ``__hash__`` natively (a dataclass's generated methods stay interpreted).
+    # Same semantics: Final (read-only) fields, value equality and hash, the repr.
+    __slots__ = ("timer",)
+
+    timer: Final[str]
+
+    def __init__(self, timer: str) -> None:
+        self.timer = timer
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TimedOut):
+            return NotImplemented
+        return self.timer == other.timer
+
+    def __hash__(self) -> int:
+        return hash((self.timer,))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(timer={self.timer!r})"
 
 
 @dataclass(frozen=True, slots=True)

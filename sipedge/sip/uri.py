@@ -9,7 +9,6 @@ splice bytes instead of re-serialising.  Comparison follows RFC 3261 §19.1.4
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 from sipedge.sip.errors import ParseError
@@ -50,7 +49,6 @@ def unescape(value: bytes) -> bytes:
     return bytes(out)
 
 
-@dataclass(frozen=True, slots=True)
 class Uri:
     """A parsed URI that remembers its bytes.
 
@@ -69,18 +67,76 @@ class Uri:
         params_end: offset where the parameters end (``?`` or end).
     """
 
-    raw: bytes
-    scheme: bytes
-    user: bytes | None
-    password: bytes | None
-    host: bytes
-    port: int | None
-    params: tuple[Param, ...]
-    headers: tuple[tuple[bytes, bytes], ...]
-    host_start: int
-    hostport_end: int
-    params_start: int
-    params_end: int
+    # A plain class, not a frozen dataclass: mypyc compiles its ``__init__``, ``__eq__``
+    # and ``__hash__`` natively (a dataclass's generated methods stay interpreted).
+    # Same semantics: Final (read-only) fields, value equality and hash, the repr.
+    __slots__ = ("headers", "host", "host_start", "hostport_end", "params", "params_end",
+                 "params_start", "password", "port", "raw", "scheme", "user")
+
+    raw: Final[bytes]
+    scheme: Final[bytes]
+    user: Final[bytes | None]
+    password: Final[bytes | None]
+    host: Final[bytes]
+    port: Final[int | None]
+    params: Final[tuple[Param, ...]]
+    headers: Final[tuple[tuple[bytes, bytes], ...]]
+    host_start: Final[int]
+    hostport_end: Final[int]
+    params_start: Final[int]
+    params_end: Final[int]
+
+    def __init__(
+        self,
+        raw: bytes,
+        scheme: bytes,
+        user: bytes | None,
+        password: bytes | None,
+        host: bytes,
+        port: int | None,
+        params: tuple[Param, ...],
+        headers: tuple[tuple[bytes, bytes], ...],
+        host_start: int,
+        hostport_end: int,
+        params_start: int,
+        params_end: int,
+    ) -> None:
+        self.raw = raw
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = params
+        self.headers = headers
+        self.host_start = host_start
+        self.hostport_end = hostport_end
+        self.params_start = params_start
+        self.params_end = params_end
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Uri):
+            return NotImplemented
+        return (self.raw == other.raw and self.scheme == other.scheme
+                and self.user == other.user and self.password == other.password
+                and self.host == other.host and self.port == other.port
+                and self.params == other.params and self.headers == other.headers
+                and self.host_start == other.host_start
+                and self.hostport_end == other.hostport_end
+                and self.params_start == other.params_start
+                and self.params_end == other.params_end)
+
+    def __hash__(self) -> int:
+        return hash((self.raw, self.scheme, self.user, self.password, self.host, self.port,
+                     self.params, self.headers, self.host_start, self.hostport_end,
+                     self.params_start, self.params_end))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__qualname__}(raw={self.raw!r}, scheme={self.scheme!r}, "
+                f"user={self.user!r}, password={self.password!r}, host={self.host!r}, "
+                f"port={self.port!r}, params={self.params!r}, headers={self.headers!r}, "
+                f"host_start={self.host_start!r}, hostport_end={self.hostport_end!r}, "
+                f"params_start={self.params_start!r}, params_end={self.params_end!r})")
 
     def __bytes__(self) -> bytes:
         return self.raw
