@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -295,10 +296,15 @@ class AdminServer:
         runner = web.AppRunner(self._app, access_log=None, handle_signals=False,
                                shutdown_timeout=1.0)
         await runner.setup()
-        site = web.SockSite(runner, sock)
         try:
+            with warnings.catch_warnings():
+                # aiohttp names the site with str(getsockname()), which is bytes for an
+                # abstract address (a BytesWarning under `python -bb`); the name is unused.
+                warnings.simplefilter("ignore", BytesWarning)
+                site = web.SockSite(runner, sock)
             await site.start()
         except OSError:
+            sock.close()
             await runner.cleanup()
             raise
         self._runner = runner
