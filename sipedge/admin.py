@@ -44,7 +44,15 @@ from sipedge.sip.address import Endpoint
 from sipedge.transport.dns import is_placeholder
 from sipedge.transport.driver import CoreDriver
 
-__all__ = ["AdminServer", "CoreDrainControl", "DrainControl", "gateway_table", "make_app", "row"]
+__all__ = [
+    "AdminServer",
+    "CoreDrainControl",
+    "DrainControl",
+    "gateway_table",
+    "make_app",
+    "row",
+    "serve_tcp",
+]
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +239,29 @@ def make_app(driver: CoreDriver, *, metrics: Callable[[], bytes] | None = None,
     return app
 
 
+async def serve_tcp(app: web.Application, listen: Endpoint) -> tuple[web.AppRunner, Endpoint]:
+    """Serve ``app`` on ``listen`` (tcp; port 0 picks one): its runner and bound endpoint.
+
+    No access log, no signal handling (the daemon owns the signals), a 1 s shutdown.
+
+    Raises:
+        OSError: the address cannot be bound (nothing is left running).
+    """
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, listen.host, listen.port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    port = listen.port
+    for addr in runner.addresses:
+        port = int(addr[1])
+        break
+    return runner, Endpoint("tcp", listen.host, port)
+
+
 class AdminServer:
     """The admin listener: ``await start(endpoint)`` … ``await aclose()``.
 
@@ -258,21 +289,7 @@ class AdminServer:
         Raises:
             OSError: the address cannot be bound (the daemon exits 71).
         """
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False,
-                               shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, listen.host, listen.port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        port = listen.port
-        for addr in runner.addresses:
-            port = int(addr[1])
-            break
-        self.bound = Endpoint("tcp", listen.host, port)
+        self._runner, self.bound = await serve_tcp(self._app, listen)
         log.info("admin API on http://%s", self.bound.hostport)
         return self.bound
 

@@ -43,7 +43,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 
-from sipedge.admin import METRICS_CONTENT_TYPE
+from sipedge.admin import METRICS_CONTENT_TYPE, serve_tcp
 from sipedge.sip.address import Endpoint
 
 if TYPE_CHECKING:
@@ -187,21 +187,7 @@ class FanoutServer:
         Raises:
             OSError: the address cannot be bound.
         """
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False,
-                               shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, listen.host, listen.port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        port = listen.port
-        for addr in runner.addresses:
-            port = int(addr[1])
-            break
-        self.bound = Endpoint("tcp", listen.host, port)
+        self._runner, self.bound = await serve_tcp(self._app, listen)
         log.info("admin API on http://%s (%d workers)", self.bound.hostport,
                  self.supervisor.count)
         return self.bound

@@ -56,11 +56,15 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
 from sipedge.config import Config, ConfigError, load_config
 from sipedge.notify import Notifier
 from sipedge.sip.address import Endpoint
+
+if TYPE_CHECKING:
+    from sipedge.fanout import FanoutServer
 
 __all__ = ["ENV", "Supervisor", "WorkerRole", "notify_address", "supervise"]
 
@@ -227,7 +231,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tick: asyncio.TimerHandle | None = None
         self._last_status = ""
-        self.admin: object | None = None  # fanout.FanoutServer, typed loosely to keep imports down
+        self.admin: FanoutServer | None = None
         # The workers' own watchdog, independent of systemd's (which guards this loop): a
         # short WatchdogSec= must not get a worker killed for one slow second under load.
         self.worker_watchdog_usec = WORKER_WATCHDOG_USEC
@@ -515,12 +519,8 @@ class Supervisor:
     async def _close(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
-        admin = self.admin
-        if admin is not None:
-            from sipedge.fanout import FanoutServer
-
-            assert isinstance(admin, FanoutServer)
-            await admin.aclose()
+        if self.admin is not None:
+            await self.admin.aclose()
         for worker in self.workers:
             if worker.proc is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -541,8 +541,7 @@ class Supervisor:
             sock.close()
         self._sockets.clear()
 
-    def _spawn_task(self, coro: object) -> None:
-        assert asyncio.iscoroutine(coro)
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
