@@ -1,4 +1,4 @@
-"""The admin HTTP API (aiohttp): health, readiness, gateways, drain/enable, metrics hook.
+"""The admin HTTP API (``sipedge.httpd``): health, readiness, gateways, drain/enable, metrics hook.
 
 One listener at ``[admin] listen`` (off when unset). Routes:
 
@@ -16,11 +16,14 @@ One listener at ``[admin] listen`` (off when unset). Routes:
 ``POST /gateways/{id}/drain`` and ``POST /gateways/{id}/enable``
     200 with the gateway's new row; 404 for an unknown id; 409 for the placeholder of a
     gateway name that never resolved (it has no address to drain or probe). Ids contain
-    ``/`` (``ashburn-ix/208.78.112.64:5060``), so the route matches ``{id:.+}``; clients
-    may also percent-encode it.
+    ``/`` (``ashburn-ix/208.78.112.64:5060``), so the id is everything between
+    ``/gateways/`` and the final segment; clients may also percent-encode it.
 ``GET /metrics``
     the bytes of the ``metrics`` callable (Prometheus text exposition, ``sipedge.metrics``);
     501 when the app was built without one.
+
+Another method on one of these paths is 405; any other path is 404. The HTTP side (limits,
+deadlines, one request per connection) is ``sipedge.httpd``'s.
 
 The API is a thin view: every request reads ``core.pool`` afresh (a DNS rebuild swaps the
 pool), and after a drain/enable the driver is flushed so the state-change event is logged and
@@ -31,27 +34,23 @@ are, at WARNING, by the daemon's event logger.
 from __future__ import annotations
 
 import logging
-import socket
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from aiohttp import web
-
 from sipedge.gateway.pool import GatewayStatus
+from sipedge.httpd import HttpServer, Reply
 from sipedge.sip.address import Endpoint
 from sipedge.transport.dns import is_placeholder
 from sipedge.transport.driver import CoreDriver
 
 __all__ = [
+    "AdminApi",
     "AdminServer",
     "CoreDrainControl",
     "DrainControl",
     "gateway_table",
-    "make_app",
     "row",
-    "serve_tcp",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,11 +83,6 @@ class CoreDrainControl:
     def undrain(self) -> bool:
         self._driver.core.set_draining(False)
         return True
-
-
-_DRIVER = web.AppKey("driver", CoreDriver)
-_METRICS: web.AppKey[Callable[[], bytes] | None] = web.AppKey("metrics")
-_CONTROL: web.AppKey[DrainControl] = web.AppKey("control")
 
 
 def row(status: GatewayStatus, now: float, wall: float) -> dict[str, Any]:
@@ -138,80 +132,8 @@ def _row_of(driver: CoreDriver, gateway_id: str) -> dict[str, Any]:
     raise KeyError(gateway_id)
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    core = request.app[_DRIVER].core
-    if core.draining:
-        return web.Response(status=503, text="not ready: draining\n")
-    if core.is_ready():
-        return web.Response(text="ready\n")
-    return web.Response(status=503, text="not ready: no gateway is up\n")
-
-
-async def _drain_all(request: web.Request) -> web.Response:
-    return _drain_answer(request, request.app[_CONTROL].drain())
-
-
-async def _undrain_all(request: web.Request) -> web.Response:
-    return _drain_answer(request, request.app[_CONTROL].undrain())
-
-
-def _drain_answer(request: web.Request, done: bool) -> web.Response:
-    driver = request.app[_DRIVER]
-    driver.flush()
-    core = driver.core
-    body = {"draining": core.draining, "calls": core.calls_in_progress,
-            "pending": core.pending_requests()}
-    return web.json_response(body, status=200 if done else 409)
-
-
-async def _gateways(request: web.Request) -> web.Response:
-    driver = request.app[_DRIVER]
-    now, wall = driver.loop.time(), time.time()
-    return web.json_response([row(s, now, wall) for s in driver.core.pool.snapshot()])
-
-
-async def _admin_command(request: web.Request, enable: bool) -> web.Response:
-    driver = request.app[_DRIVER]
-    gateway_id = request.match_info["id"]
-    core = driver.core
-    if gateway_id not in core.pool:
-        return web.json_response({"error": f"no gateway {gateway_id!r}"}, status=404)
-    if is_placeholder(core.pool.gateway(gateway_id)):
-        return web.json_response(
-            {"error": f"{gateway_id}: the name does not resolve; nothing to drain or enable"},
-            status=409)
-    now = driver.loop.time()
-    if enable:
-        core.enable_gateway(gateway_id, now)
-    else:
-        core.drain_gateway(gateway_id, now)
-    driver.flush()  # log the state change, re-arm the probe timer
-    return web.json_response(_row_of(driver, gateway_id))
-
-
-async def _drain(request: web.Request) -> web.Response:
-    return await _admin_command(request, enable=False)
-
-
-async def _enable(request: web.Request) -> web.Response:
-    return await _admin_command(request, enable=True)
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    # Hook for the metrics issue: ``make_app(driver, metrics=collector_exposition)``.
-    metrics = request.app[_METRICS]
-    if metrics is None:
-        return web.Response(status=501, text="metrics not implemented yet\n")
-    return web.Response(body=metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
-
-
-def make_app(driver: CoreDriver, *, metrics: Callable[[], bytes] | None = None,
-             control: DrainControl | None = None) -> web.Application:
-    """The admin application.
+class AdminApi:
+    """The routes (see the module docstring) as an ``httpd.Handler``: method, path → reply.
 
     Args:
         driver: runs the core (its ``core.pool`` is read per request; ``flush`` after
@@ -219,62 +141,107 @@ def make_app(driver: CoreDriver, *, metrics: Callable[[], bytes] | None = None,
         metrics: returns the Prometheus exposition bytes for ``GET /metrics``; None
             answers 501.
         control: what ``POST /drain``/``/undrain`` drive (default: the core's flag only).
-
-    Returns:
-        An aiohttp application (no access log is configured by it).
     """
-    app = web.Application()
-    app[_DRIVER] = driver
-    app[_METRICS] = metrics
-    app[_CONTROL] = control if control is not None else CoreDrainControl(driver)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/gateways", _gateways)
-    # Gateway ids contain '/', so match greedily up to the final segment.
-    app.router.add_post("/gateways/{id:.+}/drain", _drain)
-    app.router.add_post("/gateways/{id:.+}/enable", _enable)
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_post("/drain", _drain_all)
-    app.router.add_post("/undrain", _undrain_all)
-    return app
+
+    def __init__(self, driver: CoreDriver, *, metrics: Callable[[], bytes] | None = None,
+                 control: DrainControl | None = None) -> None:
+        self.driver = driver
+        self.metrics = metrics
+        self.control = control if control is not None else CoreDrainControl(driver)
+        self._routes: dict[str, tuple[str, Callable[[], Reply]]] = {
+            "/healthz": ("GET", self._healthz),
+            "/readyz": ("GET", self._readyz),
+            "/gateways": ("GET", self._gateways),
+            "/metrics": ("GET", self._metrics),
+            "/drain": ("POST", self._drain_all),
+            "/undrain": ("POST", self._undrain_all),
+        }
+
+    async def __call__(self, method: str, path: str) -> Reply:
+        if path.startswith("/gateways/") and path.endswith(("/drain", "/enable")):
+            # Gateway ids contain '/': the id is everything up to the final segment.
+            gateway_id, _, command = path[len("/gateways/"):].rpartition("/")
+            if gateway_id:
+                if method != "POST":
+                    return _not_allowed(method)
+                return self._gateway_command(gateway_id, enable=command == "enable")
+        route = self._routes.get(path)
+        if route is None:
+            return Reply.text("not found\n", 404)
+        wanted, answer = route
+        if method != wanted:
+            return _not_allowed(method)
+        return answer()
+
+    def _healthz(self) -> Reply:
+        return Reply.text("ok\n")
+
+    def _readyz(self) -> Reply:
+        core = self.driver.core
+        if core.draining:
+            return Reply.text("not ready: draining\n", 503)
+        if core.is_ready():
+            return Reply.text("ready\n")
+        return Reply.text("not ready: no gateway is up\n", 503)
+
+    def _drain_all(self) -> Reply:
+        return self._drain_answer(self.control.drain())
+
+    def _undrain_all(self) -> Reply:
+        return self._drain_answer(self.control.undrain())
+
+    def _drain_answer(self, done: bool) -> Reply:
+        self.driver.flush()
+        core = self.driver.core
+        body = {"draining": core.draining, "calls": core.calls_in_progress,
+                "pending": core.pending_requests()}
+        return Reply.json(body, 200 if done else 409)
+
+    def _gateways(self) -> Reply:
+        driver = self.driver
+        now, wall = driver.loop.time(), time.time()
+        return Reply.json([row(s, now, wall) for s in driver.core.pool.snapshot()])
+
+    def _gateway_command(self, gateway_id: str, *, enable: bool) -> Reply:
+        driver = self.driver
+        core = driver.core
+        if gateway_id not in core.pool:
+            return Reply.json({"error": f"no gateway {gateway_id!r}"}, 404)
+        if is_placeholder(core.pool.gateway(gateway_id)):
+            return Reply.json(
+                {"error": f"{gateway_id}: the name does not resolve; nothing to drain or "
+                          "enable"}, 409)
+        now = driver.loop.time()
+        if enable:
+            core.enable_gateway(gateway_id, now)
+        else:
+            core.drain_gateway(gateway_id, now)
+        driver.flush()  # log the state change, re-arm the probe timer
+        return Reply.json(_row_of(driver, gateway_id))
+
+    def _metrics(self) -> Reply:
+        if self.metrics is None:
+            return Reply.text("metrics not implemented yet\n", 501)
+        return Reply(200, self.metrics(), METRICS_CONTENT_TYPE)
 
 
-async def serve_tcp(app: web.Application, listen: Endpoint) -> tuple[web.AppRunner, Endpoint]:
-    """Serve ``app`` on ``listen`` (tcp; port 0 picks one): its runner and bound endpoint.
-
-    No access log, no signal handling (the daemon owns the signals), a 1 s shutdown.
-
-    Raises:
-        OSError: the address cannot be bound (nothing is left running).
-    """
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, listen.host, listen.port)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    port = listen.port
-    for addr in runner.addresses:
-        port = int(addr[1])
-        break
-    return runner, Endpoint("tcp", listen.host, port)
+def _not_allowed(method: str) -> Reply:
+    return Reply.text(f"method {method} not allowed here\n", 405)
 
 
 class AdminServer:
     """The admin listener: ``await start(endpoint)`` … ``await aclose()``.
 
     Args:
-        driver: see ``make_app``.
-        metrics: see ``make_app``.
+        driver: see ``AdminApi``.
+        metrics: see ``AdminApi``.
+        control: see ``AdminApi``.
     """
 
     def __init__(self, driver: CoreDriver, *,
                  metrics: Callable[[], bytes] | None = None,
                  control: DrainControl | None = None) -> None:
-        self._app = make_app(driver, metrics=metrics, control=control)
-        self._runner: web.AppRunner | None = None
+        self._http = HttpServer(AdminApi(driver, metrics=metrics, control=control))
         self.bound: Endpoint | None = None
 
     async def start(self, listen: Endpoint) -> Endpoint:
@@ -289,49 +256,24 @@ class AdminServer:
         Raises:
             OSError: the address cannot be bound (the daemon exits 71).
         """
-        self._runner, self.bound = await serve_tcp(self._app, listen)
+        self.bound = await self._http.start_tcp(listen)
         log.info("admin API on http://%s", self.bound.hostport)
         return self.bound
 
     async def start_unix(self, address: str) -> None:
         """Serve on the Unix socket ``address`` (a leading NUL: the abstract namespace).
 
-        A worker's admin API, for its supervisor's fan-out (``sipedge.fanout``); the
-        socket is bound here, so aiohttp never treats the abstract name as a file.
+        A worker's admin API, for its supervisor's fan-out (``sipedge.fanout``).
 
         Raises:
             OSError: the address cannot be bound.
         """
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.bind(address)
-            sock.listen(64)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False,
-                               shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            with warnings.catch_warnings():
-                # aiohttp names the site with str(getsockname()), which is bytes for an
-                # abstract address (a BytesWarning under `python -bb`); the name is unused.
-                warnings.simplefilter("ignore", BytesWarning)
-                site = web.SockSite(runner, sock)
-            await site.start()
-        except OSError:
-            sock.close()
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        await self._http.start_unix(address)
         log.debug("admin API on unix:%s", address.lstrip("\0"))
 
     async def aclose(self) -> None:
         """Stop listening and close open connections (idempotent)."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        await self._http.aclose()
 
 
 # -- `sipedge gateways` -------------------------------------------------------------------------

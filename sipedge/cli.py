@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -242,12 +243,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"sipedge verify: --call: {exc}", file=sys.stderr)
                 return EX_USAGE
         return verify.run(config, call=args.call, timeout_s=args.timeout, out=sys.stdout)
-    from sipedge.daemon import run
     from sipedge.logs import setup_logging
-    from sipedge.workers import worker_tag
+    from sipedge.workers import ENV, supervise, worker_tag
 
+    tag = worker_tag()
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format,
-                  tag=worker_tag())
+                  tag=tag)
     for warning in config.warnings:
         print(f"sipedge: warning: {warning}", file=sys.stderr)
+    if config.process.workers > 1 and ENV not in os.environ:
+        # The supervisor never imports the daemon (nor the proxy core): its memory is
+        # part of the total that issue 14 bounds.
+        return supervise(config, log_level=args.log_level, log_format=args.log_format)
+    from sipedge.daemon import run
+
     return run(config, log_level=args.log_level, log_format=args.log_format)

@@ -36,14 +36,14 @@ import logging
 import socket
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 
-from sipedge.admin import METRICS_CONTENT_TYPE, serve_tcp
+from sipedge.httpd import HttpServer, Reply
 from sipedge.sip.address import Endpoint
 
 if TYPE_CHECKING:
@@ -161,25 +161,19 @@ async def request(address: str, method: str, path: str,
     return status, content_type, body
 
 
+#: Prometheus text exposition format content type (``sipedge.admin`` serves the same).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
 class FanoutServer:
     """The parent's admin listener (see the module docstring)."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
-        self._runner: web.AppRunner | None = None
         self._process = CollectorRegistry()
         ProcessCollector(registry=self._process)
         self.bound: Endpoint | None = None
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/gateways", self._first)
-        app.router.add_post("/drain", self._every)
-        app.router.add_post("/undrain", self._every)
-        app.router.add_post("/gateways/{id:.+}/drain", self._every)
-        app.router.add_post("/gateways/{id:.+}/enable", self._every)
-        self._app = app
+        self._http = HttpServer(self._route)
 
     async def start(self, listen: Endpoint) -> Endpoint:
         """Bind and serve ``listen`` (tcp); the bound endpoint.
@@ -187,16 +181,34 @@ class FanoutServer:
         Raises:
             OSError: the address cannot be bound.
         """
-        self._runner, self.bound = await serve_tcp(self._app, listen)
+        self.bound = await self._http.start_tcp(listen)
         log.info("admin API on http://%s (%d workers)", self.bound.hostport,
                  self.supervisor.count)
         return self.bound
 
     async def aclose(self) -> None:
         """Stop listening (idempotent)."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        await self._http.aclose()
+
+    async def _route(self, method: str, path: str) -> Reply:
+        commands = path.startswith("/gateways/") and path.endswith(("/drain", "/enable"))
+        if commands or path in ("/drain", "/undrain"):
+            wanted = "POST"
+        elif path in ("/metrics", "/healthz", "/readyz", "/gateways"):
+            wanted = "GET"
+        else:
+            return Reply.text("not found\n", 404)
+        if method != wanted:
+            return Reply.text(f"method {method} not allowed here\n", 405)
+        if path == "/metrics":
+            return await self._metrics()
+        if path == "/healthz":
+            return self._healthz()
+        if path == "/readyz":
+            return await self._readyz()
+        if path == "/gateways":
+            return await self._first(path)
+        return await self._every(quote(path, safe="/:@[]"))
 
     # -- fan-out -----------------------------------------------------------------------------
 
@@ -215,15 +227,14 @@ class FanoutServer:
 
         return list(await asyncio.gather(*(one(i) for i in indexes)))
 
-    async def _metrics(self, request_: web.Request) -> web.Response:
+    async def _metrics(self) -> Reply:
         answers = await self._ask("GET", "/metrics", self.supervisor.live_workers())
         texts = [generate_latest(self._process).decode("utf-8")]
         texts += [body.decode("utf-8") for a in answers if a is not None and a[0] == 200
                   for body in (a[2],)]
         registry = CollectorRegistry()
         registry.register(_Merged(merge_expositions(texts) + self._own_families()))
-        return web.Response(body=generate_latest(registry),
-                            headers={"Content-Type": METRICS_CONTENT_TYPE})
+        return Reply(200, generate_latest(registry), METRICS_CONTENT_TYPE)
 
     def _own_families(self) -> list[Metric]:
         sup = self.supervisor
@@ -238,41 +249,36 @@ class FanoutServer:
         restarts.add_sample("sipedge_worker_restarts_total", {}, float(sup.restarts()))
         return [workers, ready, restarts]
 
-    async def _healthz(self, request_: web.Request) -> web.Response:
+    def _healthz(self) -> Reply:
         live = self.supervisor.live_workers()
         if not live:
-            return web.Response(status=503, text="no worker is running\n")
-        return web.Response(text=f"ok ({len(live)}/{self.supervisor.count} workers)\n")
+            return Reply.text("no worker is running\n", 503)
+        return Reply.text(f"ok ({len(live)}/{self.supervisor.count} workers)\n")
 
-    async def _readyz(self, request_: web.Request) -> web.Response:
+    async def _readyz(self) -> Reply:
         answers = await self._ask("GET", "/readyz", self.supervisor.live_workers())
         ready = [a for a in answers if a is not None and a[0] == 200]
         if ready:
-            return web.Response(text=f"ready ({len(ready)}/{self.supervisor.count} "
-                                "workers)\n")
+            return Reply.text(f"ready ({len(ready)}/{self.supervisor.count} workers)\n")
         first = next((a for a in answers if a is not None), None)
         text = first[2].decode("utf-8", "replace") if first else "not ready: no worker\n"
-        return web.Response(status=503, text=text)
+        return Reply.text(text, 503)
 
-    async def _first(self, request_: web.Request) -> web.Response:
+    async def _first(self, path: str) -> Reply:
         live = self.supervisor.live_workers()
-        answers = await self._ask("GET", request_.path_qs, live[:1])
-        return _answer(answers)
+        return _answer(await self._ask("GET", path, live[:1]))
 
-    async def _every(self, request_: web.Request) -> web.Response:
-        answers = await self._ask("POST", request_.raw_path, self.supervisor.live_workers())
-        return _answer(answers)
+    async def _every(self, path: str) -> Reply:
+        return _answer(await self._ask("POST", path, self.supervisor.live_workers()))
 
 
-def _answer(answers: Sequence[tuple[int, str, bytes] | None]) -> web.Response:
+def _answer(answers: Sequence[tuple[int, str, bytes] | None]) -> Reply:
     """The first worker's answer with the worst status of all (502 when none answered)."""
     got = [a for a in answers if a is not None]
     if not got:
-        return web.json_response({"error": "no worker answered"}, status=502)
+        return Reply.json({"error": "no worker answered"}, 502)
     status = max(a[0] for a in got)
     if len(got) < len(answers):
         status = max(status, 502)
     _, content_type, body = got[0]
-    return web.Response(status=status, body=body, content_type=content_type.split(";")[0],
-                        charset="utf-8" if "json" in content_type or "text" in content_type
-                        else None)
+    return Reply(status, body, content_type)
