@@ -42,19 +42,15 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
-from dns.rdtypes.IN.NAPTR import NAPTR
-from dns.rdtypes.IN.SRV import SRV
+from typing import TYPE_CHECKING
 
 from sipedge.gateway.health import Health, HealthRecord
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.sip.address import Endpoint, default_port
+
+if TYPE_CHECKING:
+    import dns.rdatatype
+    import dns.resolver
 
 __all__ = [
     "DNS_REASON",
@@ -169,6 +165,11 @@ class Rfc3263Resolver:
     def __init__(
         self, nameservers: Sequence[tuple[str, int]] | None = None, *, timeout_s: float = 2.0
     ) -> None:
+        # dnspython is imported by the first resolver, not with the module: a config of
+        # addresses only never builds one, and a worker saves 3.75 MB of RSS (issue 14).
+        import dns.asyncresolver
+        import dns.nameserver
+
         if nameservers is None:
             resolver = dns.asyncresolver.Resolver(configure=True)
         else:
@@ -216,6 +217,9 @@ class Rfc3263Resolver:
     async def _query(
         self, name: str, rdtype: dns.rdatatype.RdataType, lookup: _Lookup
     ) -> dns.resolver.Answer | None:
+        import dns.exception
+        import dns.resolver
+
         try:
             answer = await self._resolver.resolve(name, rdtype, search=False,
                                                   raise_on_no_answer=False)
@@ -237,6 +241,9 @@ class Rfc3263Resolver:
         return answer
 
     async def _naptr(self, name: str, transport: str, lookup: _Lookup) -> list[Target]:
+        import dns.rdatatype
+        from dns.rdtypes.IN.NAPTR import NAPTR
+
         answer = await self._query(name, dns.rdatatype.NAPTR, lookup)
         if answer is None:
             return []
@@ -252,6 +259,10 @@ class Rfc3263Resolver:
         return []
 
     async def _srv(self, name: str, transport: str, lookup: _Lookup) -> list[Target]:
+        import dns.name
+        import dns.rdatatype
+        from dns.rdtypes.IN.SRV import SRV
+
         answer = await self._query(name, dns.rdatatype.SRV, lookup)
         if answer is None:
             return []
@@ -268,6 +279,8 @@ class Rfc3263Resolver:
         self, name: str, port: int, transport: str, lookup: _Lookup,
         priority: int = 0, weight: int = 0,
     ) -> list[Target]:
+        import dns.rdatatype
+
         answers = await asyncio.gather(self._query(name, dns.rdatatype.A, lookup),
                                        self._query(name, dns.rdatatype.AAAA, lookup))
         return [Target(Endpoint(transport, r.to_text(), port), priority, weight)
