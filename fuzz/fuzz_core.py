@@ -481,8 +481,9 @@ def _tables(core: ProxyCore) -> dict[str, int]:
     return {"contexts": len(core._contexts), "branches": len(core._branches),
             "branches_by_dest": len(core._branches_by_dest), "probes": len(monitor._probes),
             "calls": len(core._calls), "heap": len(core._heap) + len(monitor._heap),
-            "settled": len(core._settled), "absorbing": len(core._absorbing),
-            "lanes": len(core._settled_lane) + len(core._absorbing_lane),
+            "settled": len(core._settled) + len(core._accepted),
+            "absorbing": len(core._absorbing),
+            "lanes": len(core._wait_lane) + len(core._absorbing_lane),
             "direction_cache": len(core._direction_cache)}
 
 

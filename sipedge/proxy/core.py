@@ -39,7 +39,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Final, NamedTuple
 
@@ -91,6 +90,7 @@ from sipedge.sip.message import (
     parse,
     strip_top_via,
 )
+from sipedge.sip.timers import ExpiryLane
 from sipedge.sip.transaction import (
     Action,
     ClientTransaction,
@@ -227,20 +227,17 @@ class _Context:
 
 
 class _Settled(NamedTuple):
-    """A server transaction in its wait state, reduced to what a retransmission needs.
+    """A non-INVITE server transaction in Completed (Timer J), reduced to its last answer.
 
-    RFC 6026 Accepted (an INVITE's 2xx went upstream: Timer L) and RFC 3261 Completed
-    for a non-INVITE (Timer J) only absorb the caller's retransmissions, re-sending the
-    last response in the second case. Holding the whole context for those 32 s cost
-    about 11 KB and 36 GC-tracked objects per call (issue 14); this is a tuple of
-    immutables and two shared endpoints.
+    RFC 3261 Completed only re-sends the last response to a retransmitted request.
+    Holding the whole context for those 32 s cost about 11 KB and 36 GC-tracked objects
+    per call (issue 14); this is the response's bytes and two shared endpoints. An
+    INVITE in RFC 6026 Accepted (Timer L) keeps less still: its To tag, in ``_accepted``.
     """
 
-    expires: float
-    reply: bytes | None  # re-sent for a retransmitted non-INVITE; None: absorb silently
+    reply: bytes | None  # re-sent for a retransmitted request; None: absorb silently
     dest: Endpoint
     local: Endpoint
-    to_tag: bytes  # our To tag, for the 200 to a late CANCEL (§9.2)
 
 
 def probe_settings(settings: ProxySettings) -> ProbeSettings:
@@ -330,14 +327,18 @@ class ProxyCore:
         self._branches: dict[bytes, _Branch] = {}
         self._branches_by_dest: dict[Endpoint, set[bytes]] = {}
         self._heap: list[tuple[float, int, bytes, bytes]] = []
-        #: Server transactions in their wait state, by key, and their expiries in order:
-        #: every wait is 64*T1 from "now", so a FIFO is the timer (no heap entry).
+        #: Server transactions in their wait state, by key: answered INVITEs (RFC 6026
+        #: Accepted, Timer L) → our To tag, for a late CANCEL's 200 (§9.2); non-INVITEs
+        #: (Timer J) → their last response. Every wait is 64*T1 from "now", so a FIFO is
+        #: the timer (no heap entry). A key is never added twice while held (its
+        #: retransmissions are absorbed), so the lane's release of a key is the record's.
+        self._accepted: dict[bytes, bytes] = {}
         self._settled: dict[bytes, _Settled] = {}
-        self._settled_lane: deque[tuple[float, bytes]] = deque()
-        #: Non-INVITE client transactions in Timer K (T4 over UDP): key → expiry. A
-        #: retransmitted final response is absorbed; nothing else is kept.
-        self._absorbing: dict[bytes, float] = {}
-        self._absorbing_lane: deque[tuple[float, bytes]] = deque()
+        self._wait_lane = ExpiryLane()
+        #: Non-INVITE client transactions in Timer K (T4 over UDP). A retransmitted final
+        #: response is absorbed; nothing else is kept (branch keys are unique, §16.6).
+        self._absorbing: set[bytes] = set()
+        self._absorbing_lane = ExpiryLane()
         self._seq = itertools.count()
         self._tag_counter = itertools.count(1)
 
@@ -367,9 +368,10 @@ class ProxyCore:
         """The earliest time ``handle_timer`` must run, or None."""
         heap = self._heap
         due = heap[0][0] if heap else None
-        for lane in (self._settled_lane, self._absorbing_lane):
-            if lane and (due is None or lane[0][0] < due):
-                due = lane[0][0]
+        for lane in (self._wait_lane, self._absorbing_lane):
+            lane_due = lane.next_due()
+            if lane_due is not None and (due is None or lane_due < due):
+                due = lane_due
         monitor = self.monitor
         if monitor is not None:
             probe_due = monitor.next_deadline()
@@ -501,15 +503,13 @@ class ProxyCore:
                     self._run_server(ctx, ctx.server.handle_timer(now), now)
             elif kind == b"i":
                 self._sweep_calls(now)
-        for lane, table in ((self._settled_lane, self._settled),
-                            (self._absorbing_lane, self._absorbing)):
-            while lane and lane[0][0] <= now:
-                _, key = lane.popleft()
-                fired += 1
-                entry = table.get(key)
-                # A key settled again later has a later expiry: only its own entry ends it.
-                if entry is not None and _expiry(entry) <= now:
-                    del table[key]
+        for key in self._wait_lane.pop_due(now):
+            fired += 1
+            if self._accepted.pop(key, None) is None:
+                self._settled.pop(key, None)
+        for key in self._absorbing_lane.pop_due(now):
+            fired += 1
+            self._absorbing.discard(key)
         monitor = self.monitor
         if monitor is not None:
             # After the core's own timers. When probes shared the core's heap, a tie went
@@ -574,7 +574,8 @@ class ProxyCore:
     def refresh_gauges(self) -> ProxyStats:
         """The stats with the gauges set from the live tables (read at scrape time)."""
         stats = self.stats
-        stats.server_transactions = len(self._contexts) + len(self._settled)
+        stats.server_transactions = (len(self._contexts) + len(self._settled)
+                                     + len(self._accepted))
         monitor = self.monitor
         stats.client_transactions = (len(self._branches) + len(self._absorbing)
                                      + (monitor.in_flight if monitor is not None else 0))
@@ -582,7 +583,7 @@ class ProxyCore:
         stats.calls_setting_up = sum(
             1 for c in self._contexts.values() if c.is_call and not c.done)
         stats.sources_banned = self.admission.banned(self._now)
-        stats.timer_entries = (len(self._heap) + len(self._settled_lane)
+        stats.timer_entries = (len(self._heap) + len(self._wait_lane)
                                + len(self._absorbing_lane)
                                + (monitor.timer_entries if monitor is not None else 0))
         return stats
@@ -741,9 +742,13 @@ class ProxyCore:
             self.stats.retransmissions_absorbed += 1
             self._run_server(ctx, ctx.server.receive_request(now), now)
             return
+        if key in self._accepted:
+            # A retransmitted INVITE answered 2xx already (RFC 6026 Timer L running).
+            self.stats.retransmissions_absorbed += 1
+            return
         settled = self._settled.get(key)
         if settled is not None:
-            # A retransmission of a request answered already (Timer J / L running).
+            # A retransmission of a request answered already (Timer J running).
             self.stats.retransmissions_absorbed += 1
             if settled.reply is not None:
                 self._outbox.append(Send(settled.reply, settled.dest, settled.local))
@@ -1206,12 +1211,12 @@ class ProxyCore:
         invite_key = self._server_key(req, of_invite=True)
         ctx = self._contexts.get(invite_key)
         if ctx is None:
-            settled = self._settled.get(invite_key)
-            if settled is not None:
+            to_tag = self._accepted.get(invite_key)
+            if to_tag is not None:
                 # §9.2: the INVITE has its final answer already; the CANCEL gets its 200
                 # and changes nothing.
                 self.stats.count_local_reply(200)
-                self._outbox.append(Send(build_response(req, 200, to_tag=settled.to_tag),
+                self._outbox.append(Send(build_response(req, 200, to_tag=to_tag),
                                          _response_dest(req, peer), local))
                 return
             self._respond_stateless(req, peer, local, 481, b"Call/Transaction Does Not Exist", ())
@@ -1479,8 +1484,8 @@ class ProxyCore:
         if state is State.COMPLETED and not tx.is_invite and deadline is not None:
             # Timer K: only retransmitted finals to absorb (T4 over UDP).
             self._drop_branch(branch)
-            self._absorbing[branch.key] = deadline
-            self._absorbing_lane.append((deadline, branch.key))
+            self._absorbing.add(branch.key)
+            self._absorbing_lane.add(deadline, branch.key)
             return
         if deadline is not None:
             self._push(deadline, b"c", branch.key)
@@ -1506,7 +1511,7 @@ class ProxyCore:
         self._push(deadline, b"s", ctx.key)
 
     def _settle(self, ctx: _Context, expires: float) -> None:
-        """Reduce an answered server transaction to a ``_Settled`` until ``expires``.
+        """Reduce an answered server transaction to its wait record until ``expires``.
 
         Branches still running (a failed-over attempt awaiting its CANCEL's answer, a
         late 2xx) keep the context object and relay through it; only the key table
@@ -1516,10 +1521,12 @@ class ProxyCore:
         server = ctx.server
         if self._contexts.get(key) is ctx:
             del self._contexts[key]
-        reply = None if server.is_invite else server.last_response
-        self._settled[key] = _Settled(expires, reply, _response_dest(ctx.request, ctx.peer),
-                                      ctx.local, ctx.to_tag)
-        self._settled_lane.append((expires, key))
+        if server.is_invite:
+            self._accepted[key] = ctx.to_tag
+        else:
+            self._settled[key] = _Settled(server.last_response,
+                                          _response_dest(ctx.request, ctx.peer), ctx.local)
+        self._wait_lane.add(expires, key)
         self._release(ctx)
 
     def _arm_timer_c(self, branch: _Branch, deadline: float) -> None:
@@ -1610,9 +1617,6 @@ class ProxyCore:
     def _push(self, deadline: float, kind: bytes, key: bytes) -> None:
         heapq.heappush(self._heap, (deadline, next(self._seq), kind, key))
 
-
-def _expiry(entry: _Settled | float) -> float:
-    return entry.expires if isinstance(entry, _Settled) else entry
 
 
 def _listeners(settings: ProxySettings) -> Listeners:

@@ -41,13 +41,12 @@ def test_answered_invite_leaves_one_small_record_and_no_context(h: ProxyHarness)
     answered(h)
     core = h.core
     assert core._contexts == {} and core._branches == {}
-    assert len(core._settled) == 1
-    record = next(iter(core._settled.values()))
-    assert record.reply is None and record.dest == PBX
+    assert len(core._accepted) == 1 and core._settled == {}
+    assert next(iter(core._accepted.values())).startswith(b"se")  # our To tag
     h.advance(31)
-    assert len(core._settled) == 1  # Timer L: 64*T1 = 32 s
+    assert len(core._accepted) == 1  # Timer L: 64*T1 = 32 s
     h.advance(2)
-    assert core._settled == {} and not core._settled_lane
+    assert core._accepted == {} and not core._wait_lane
 
 
 def test_invite_retransmitted_after_the_2xx_is_absorbed(h: ProxyHarness) -> None:  # noqa: F811
@@ -91,9 +90,9 @@ def test_bye_retransmission_gets_the_same_200_and_its_retransmitted_200_is_absor
     assert h.feed(ok, GW) == []
     assert core.stats.retransmissions_absorbed == absorbed + 1
     h.advance(6)  # T4 = 5 s
-    assert core._absorbing == {}
+    assert core._absorbing == set()
     h.advance(30)
-    assert core._settled == {}
+    assert core._settled == {} and core._accepted == {}
     assert h.feed(ok, GW) == []  # now a stray response: still nothing sent
 
 
@@ -116,5 +115,5 @@ def test_a_held_call_costs_under_two_kilobytes(h: ProxyHarness) -> None:  # noqa
     finally:
         tracemalloc.stop()
     per_call = sum(s.size_diff for s in held) / 200
-    assert len(h.core._settled) == 201
+    assert len(h.core._accepted) == 201
     assert per_call < 2048, per_call

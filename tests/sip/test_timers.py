@@ -76,3 +76,54 @@ def test_timers_are_frozen_and_slotted() -> None:
 def test_invalid_timers_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Timers(**kwargs)
+
+
+# -- ExpiryLane --------------------------------------------------------------------------
+
+
+def test_lane_releases_keys_in_order_never_early() -> None:
+    from sipedge.sip.timers import LANE_GRAIN_S, ExpiryLane
+
+    lane = ExpiryLane()
+    assert lane.next_due() is None and lane.pop_due(1e9) == [] and len(lane) == 0
+    lane.add(10.0, b"a")
+    lane.add(10.004, b"b")  # within the grain: same bucket, whose time moves to 10.004
+    lane.add(10.5, b"c")
+    assert len(lane) == 3 and lane.next_due() == 10.004
+    assert lane.pop_due(10.0) == []  # "a" is due, but its bucket is not: late, not early
+    assert lane.pop_due(10.004) == [b"a", b"b"]
+    assert len(lane) == 1 and lane.next_due() == 10.5
+    lane.add(10.5 + LANE_GRAIN_S / 2, b"d")
+    lane.add(10.5 + LANE_GRAIN_S * 1.5, b"e")  # past the grain of "c": a bucket of its own
+    assert len(lane) == 3 and lane.pop_due(10.5 + LANE_GRAIN_S) == [b"c", b"d"]
+    lane.add(3.0, b"early")  # out of order (a reload shortened T1): released with the newest
+    assert lane.pop_due(100.0) == [b"e", b"early"] and len(lane) == 0
+
+
+def test_lane_never_releases_a_key_before_its_time() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from sipedge.sip.timers import LANE_GRAIN_S, ExpiryLane
+
+    @given(st.lists(st.floats(0.0, 0.1), min_size=1, max_size=60),
+           st.lists(st.floats(0.0, 0.2), min_size=1, max_size=20))
+    def check(gaps: list[float], steps: list[float]) -> None:
+        lane = ExpiryLane()
+        t, due = 0.0, {}
+        for i, gap in enumerate(gaps):
+            t += gap
+            due[b"%d" % i] = t
+            lane.add(t, b"%d" % i)
+        now, released = 0.0, set()
+        for step in [*steps, 1e9]:
+            now += step
+            for key in lane.pop_due(now):
+                assert due[key] <= now  # never early
+                released.add(key)
+            # never later than one grain past the key's time (keys added in time order)
+            late = [k for k, t in due.items() if t + LANE_GRAIN_S <= now and k not in released]
+            assert late == []
+        assert released == set(due) and len(lane) == 0
+
+    check()
