@@ -174,7 +174,8 @@ class GatewayPool:
     See the module docstring for the selection policy.
     """
 
-    __slots__ = ("_groups", "_rr", "_slots", "policy")
+    __slots__ = ("_groups", "_order", "_order_until", "_order_version", "_rr", "_slots",
+                 "_version", "policy")
 
     def __init__(
         self, groups: Sequence[Sequence[Gateway]], policy: HealthPolicy, *, now: float = 0.0
@@ -204,6 +205,13 @@ class GatewayPool:
                 self._slots[slot.gateway.id] = slot
         # Smooth weighted round-robin "current weight" per (group, tier), keyed by gateway id.
         self._rr: dict[tuple[int, Health], dict[str, int]] = {}
+        # What ``candidates`` offers changes only with a state or a hold-down, not with
+        # every call's success (each a new record): the eligible slots per (tier, group)
+        # are kept until ``_version`` moves or the first hold-down among them ends.
+        self._version = 0
+        self._order: list[tuple[int, Health, list[_Slot]]] = []
+        self._order_version = -1
+        self._order_until = 0.0
 
     # -- read side ---------------------------------------------------------------------------
 
@@ -283,21 +291,38 @@ class GatewayPool:
             An iterator of gateways; empty when none is usable (the core answers 503).
         """
         order: list[_Slot] = []
-        for tier in _TIERS:
-            for prio, group in enumerate(self._groups):
-                eligible = [
-                    s
-                    for s in group
-                    if s.record.state is tier
-                    and not s.record.is_held(now)
-                    and s.gateway.id not in exclude
-                ]
+        for prio, tier, eligible in self._eligible(now):
+            if exclude:
+                eligible = [s for s in eligible if s.gateway.id not in exclude]
                 if not eligible:
                     continue
-                first = eligible.index(self._pick(prio, tier, eligible))
-                order.extend(eligible[first:])
-                order.extend(eligible[:first])
+            first = eligible.index(self._pick(prio, tier, eligible))
+            order.extend(eligible[first:])
+            order.extend(eligible[:first])
         return self._offer(order, now)
+
+    def _eligible(self, now: float) -> list[tuple[int, Health, list[_Slot]]]:
+        """(group, tier, its offerable slots in config order), UP groups first; cached."""
+        if self._order_version == self._version and now < self._order_until:
+            return self._order
+        order: list[tuple[int, Health, list[_Slot]]] = []
+        until = float("inf")
+        for tier in _TIERS:
+            for prio, group in enumerate(self._groups):
+                eligible: list[_Slot] = []
+                for slot in group:
+                    record = slot.record
+                    if record.state is not tier:
+                        continue
+                    held_until = record.held_until
+                    if held_until is not None and now < held_until:
+                        until = min(until, held_until)
+                    else:
+                        eligible.append(slot)
+                if eligible:
+                    order.append((prio, tier, eligible))
+        self._order, self._order_version, self._order_until = order, self._version, until
+        return order
 
     def _pick(self, prio: int, tier: Health, eligible: list[_Slot]) -> _Slot:
         """Smooth weighted round-robin (nginx): add weights, take the max, subtract the total.
@@ -391,8 +416,24 @@ class GatewayPool:
         """Operator: return a drained gateway to PROBING. Raises ``KeyError`` if unknown."""
         return self._apply(self._slots[gateway_id], Observation(Signal.ENABLE, "admin enable"), now)
 
+    def mark_down(self, gateway_id: str, reason: str, now: float) -> None:
+        """Set a gateway DOWN with ``reason``, outside the state machine, without an event.
+
+        For the placeholder of a gateway name that does not resolve (``transport.dns``): it
+        has no address to probe, so no observation could ever take it there.
+        """
+        self._set_record(self._slots[gateway_id],
+                         HealthRecord(state=Health.DOWN, since=now, reason=reason))
+
+    def _set_record(self, slot: _Slot, record: HealthRecord) -> None:
+        old = slot.record
+        if record.state is not old.state or record.held_until != old.held_until:
+            self._version += 1
+        slot.record = record
+
     def _apply(self, slot: _Slot, obs: Observation, now: float) -> list[GatewayStateChanged]:
-        slot.record, event = next_state(slot.gateway.id, slot.record, obs, now, self.policy)
+        record, event = next_state(slot.gateway.id, slot.record, obs, now, self.policy)
+        self._set_record(slot, record)
         if event is None:
             return []
         slot.state_changes += 1
@@ -424,4 +465,5 @@ class GatewayPool:
             slot.probes, slot.probe_failures = old.probes, old.probe_failures
             slot.call_failures, slot.state_changes = old.call_failures, old.state_changes
             slot.changes_by_reason = old.changes_by_reason
+        new._version += 1  # records were set behind _set_record's back
         return new

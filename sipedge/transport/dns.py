@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sipedge.gateway.health import Health, HealthRecord
+from sipedge.gateway.health import Health
 from sipedge.gateway.pool import Gateway, GatewayPool
 from sipedge.sip.address import Endpoint, default_port
 
@@ -433,7 +433,5 @@ def hold_unresolved(pool: GatewayPool, now: float) -> list[str]:
         ids.append(gateway.id)
         record = pool.record(gateway.id)
         if record.state is not Health.DOWN or record.reason != DNS_REASON:
-            # GatewayPool has no public setter for a state that is not an FSM outcome.
-            pool._slots[gateway.id].record = HealthRecord(
-                state=Health.DOWN, since=now, reason=DNS_REASON)
+            pool.mark_down(gateway.id, DNS_REASON, now)
     return ids

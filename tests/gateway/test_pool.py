@@ -333,3 +333,33 @@ def test_simulated_virginia_outage_moves_traffic_within_down_after_intervals() -
     assert moved_at - 100.0 <= 3 * 15.0 * 1.1 + 3 * 2.0
     # return: up_after (2) successes at the down interval
     assert back_at - 300.0 <= 2 * 5.0 * 1.1 + 1.0
+
+
+def test_candidates_order_cache_matches_a_fresh_evaluation() -> None:
+    """The cached eligible lists follow every state change, hold-down and its end."""
+    rng = random.Random(14)
+    cached, fresh = make_pool(), make_pool()
+    ids = VA + OR
+    now = 1.0
+    for step in range(3000):
+        now += rng.choice((0.0, 0.01, 0.5, 3.0, 20.0))
+        gid = rng.choice(ids)
+        op = rng.randrange(10)
+        retry_after = rng.choice((None, 5.0, 30.0))
+        for pool in (cached, fresh):
+            if op < 3:
+                pool.observe(gid, OK, now)
+            elif op == 3:
+                pool.observe(gid, TimedOut(), now)
+            elif op == 4:
+                pool.observe_call(gid, False, now, retry_after_s=retry_after)
+            elif op == 5 and step % 7 == 0:
+                pool.drain(gid, now)
+            elif op == 6 and pool.state(gid) is Health.ADMIN_DOWN:
+                pool.enable(gid, now)
+            else:
+                pool.observe_call(gid, True, now)
+        exclude = frozenset(rng.sample(ids, rng.randrange(3)))
+        fresh._order_version = -1  # the reference never uses the cache
+        got = [g.id for g in cached.candidates(now, exclude)]
+        assert got == [g.id for g in fresh.candidates(now, exclude)], (step, now)
