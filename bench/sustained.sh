@@ -34,11 +34,23 @@ if [ -n "${WORKERS:-}" ]; then
         SOCKETS="$SOCKETS --socket 127.0.0.1:$((5080 + 100 * i)) --socket 127.0.0.3:$((5060 + 100 * i))"
     done
 fi
+memory() {
+    # RSS counts a page shared by the supervisor and its workers once per process; PSS
+    # splits it among them, so its sum is what all of sipedge's processes hold together.
+    local pids rss=0 pss=0 kb
+    pids="$PID $(pgrep -P "$PID" | tr '\n' ' ')"
+    for p in $pids; do
+        kb=$(awk '/^Rss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null) && rss=$((rss + ${kb:-0}))
+        kb=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null) && pss=$((pss + ${kb:-0}))
+    done
+    echo "$1 processes=$(echo $pids | wc -w) rss_mb_sum=$((rss / 1024)) pss_mb_sum=$((pss / 1024))"
+}
 ${SIPEDGE_CMD:-"$ROOT/.venv/bin/sipedge"} run --config "$CONFIG" \
     --log-level warning >"$OUT/sipedge.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; "$BENCH/uas.sh" stop all >/dev/null' EXIT
 sleep 4  # probes mark the gateways UP
+memory "start memory:"
 timeline() {
     # shellcheck disable=SC2086
     "$PY" "$HERE/timeline.py" --admin 127.0.0.1:9091 $SOCKETS "$@"
@@ -51,7 +63,9 @@ for run in $(seq 1 "$RUNS"); do
         | tail -2 | sed "s/^/run $run /"
     kill -TERM $TL; wait $TL
     tail -1 "$OUT/timeline-$run.txt" | sed "s/^/run $run /"
+    memory "run $run memory:"
 done
 timeline --seconds "${IDLE_S:-60}" >"$OUT/timeline-idle.txt" 2>&1
 tail -1 "$OUT/timeline-idle.txt" | sed "s/^/idle ${IDLE_S:-60} s /"
+memory "idle memory:"
 echo "raw output: $OUT"
