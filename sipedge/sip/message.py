@@ -181,7 +181,7 @@ _NO_INDEX: Final[list[bytes | None]] = []
 #: Placeholders of a shed index (never mutated; ``_keys is None`` says "rebuild first").
 _SHED_LINES: Final[list[bytes]] = []
 _SHED_PARTS: Final[list[tuple[bytes, bytes, bytes]]] = []
-_SHED_PRESENT: Final[dict[bytes | None, int]] = {}
+_SHED_PRESENT: Final[set[bytes | None]] = set()
 _VIA: Final = CANONICAL[b"via"]
 _CSEQ: Final = CANONICAL[b"cseq"]
 _CONTENT_LENGTH: Final = CANONICAL[b"content-length"]
@@ -221,7 +221,6 @@ class Message:
         "_lines",
         "_parts",
         "_present",
-        "_repeats",
         "_sl",
         "_to",
         "_top_via",
@@ -240,9 +239,7 @@ class Message:
     _limits: Limits
     _lines: list[bytes]
     _parts: list[tuple[bytes, bytes, bytes]]
-    #: canonical key -> index in ``_keys`` of its first line (the names present)
-    _present: dict[bytes | None, int]
-    _repeats: bool  # some header name has more than one line
+    _present: set[bytes | None]
     _folded: bool
     _via: int
     _cseq: CSeq | None
@@ -267,9 +264,10 @@ class Message:
 
     def _first_line(self, name: bytes) -> int | None:
         """Line number of the top-most header named ``name`` (canonical key), or None."""
-        self._index()
-        first = self._present.get(name)
-        return None if first is None else first + 1
+        keys = self._index()
+        if name not in self._present:
+            return None
+        return keys.index(name) + 1
 
     def _end_of(self, n: int) -> int:
         """Index of the last wire line of the header starting at line ``n`` (folding)."""
@@ -298,10 +296,11 @@ class Message:
     def _indices(self, name: bytes) -> list[int]:
         """Line numbers of every header line named ``name``, top first."""
         keys = self._index()
-        first = self._present.get(name)
-        if first is None:
+        if name not in self._present:
             return []
-        if not self._repeats or keys.count(name) == 1:
+        first = keys.index(name)
+        if keys.count(name) == 1:
+            # The usual case; list.count is one C-level pass, no ValueError to catch.
             return [first + 1]
         return [i + 1 for i in range(first, len(keys)) if keys[i] == name]
 
@@ -645,11 +644,10 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
             i = -1  # empty (folded?) value: let the index find and check it
     if i < 0:
         msg.data = data
-        _build_index(msg)
-        first_cl = msg._present.get(_CONTENT_LENGTH)
-        if first_cl is None:
+        keys = _build_index(msg)
+        if _CONTENT_LENGTH not in msg._present:
             return msg
-        cl = msg._value(first_cl + 1)
+        cl = msg._value(keys.index(_CONTENT_LENGTH) + 1)
     # RFC 3261 §20.14: 1*DIGIT, so "-1", "0x10", "" are 400.  Nothing above 2**32-1 is
     # accepted either (Kamailio sanity's bound): a C stack downstream would wrap it.
     if not cl.isdigit() or (len(cl) > 9 and (len(cl) > 10 or int(cl) > MAX_CSEQ)):
@@ -807,13 +805,12 @@ def _build_index(msg: Message) -> list[bytes | None]:
         _check_nul(head, status)
     parts = list(map(_partition, islice(lines, 1, None), repeat(b":")))
     keys: list[bytes | None] = list(map(_CANON_GET, map(_NAME, parts)))
-    # name -> its first line: zip from the bottom, so the top-most line of a name wins.
-    present = dict(zip(reversed(keys), range(nheaders - 1, -1, -1), strict=True))
+    present = set(keys)
     folded = False
     if None in present:
         folded = _classify_slow(lines, keys, status)
-        present = dict(zip(reversed(keys), range(nheaders - 1, -1, -1), strict=True))
-        present.pop(None, None)
+        present = set(keys)
+        present.discard(None)
         # Continuation lines are None: count only real header lines below.
         nheaders -= keys.count(None)
     repeats = nheaders - len(present)
@@ -821,7 +818,7 @@ def _build_index(msg: Message) -> list[bytes | None]:
         # Some name other than Via repeats (several Via lines are the common case of a
         # response): it must not be a singleton (RFC 4475 §3.3.8, §3.3.9).
         _check_singletons(keys, status)
-    if not present.keys() >= _MANDATORY:
+    if not present >= _MANDATORY:
         # RFC 3261 §8.1.1: To, From, CSeq, Call-ID, Via are mandatory (RFC 4475 §3.3.1);
         # Max-Forwards is not required here: a proxy adds it (§16.6 step 3).  The phrase
         # names what is missing (§21.4.1), e.g. "Missing Call-ID".
@@ -832,9 +829,8 @@ def _build_index(msg: Message) -> list[bytes | None]:
     msg._lines = lines
     msg._parts = parts
     msg._present = present
-    msg._repeats = repeats > 0
     msg._folded = folded
-    msg._via = present[_VIA] + 1
+    msg._via = keys.index(_VIA) + 1
     # Via values (issue 13 limits).  A request usually repeats no header name, so it has
     # one Via line, whose comma list :attr:`Message.top_via` checks (it looks for the
     # comma anyway).  Several Via lines: every Via value but the last of a line ends at a
@@ -845,7 +841,7 @@ def _build_index(msg: Message) -> list[bytes | None]:
 
     # CSeq (RFC 3261 §8.1.1.5): number <= 2**32-1 and a method token; the CSeq value
     # itself is built on first use.
-    n = present[_CSEQ]
+    n = keys.index(_CSEQ)
     cseq_raw = msg._value(n + 1) if folded else parts[n][2]
     cparts = cseq_raw.split()
     # Up to 9 digits always fit in 32 bits: no int() on the common path. Exactly 10 may
@@ -871,9 +867,8 @@ def _build_index(msg: Message) -> list[bytes | None]:
             code = 400 if msg.method in KNOWN_METHODS else 501
             raise ParseError(code, "CSeq method does not match the request method",
                              phrase=b"CSeq Method Mismatch")
-        first_mf = present.get(_MAX_FORWARDS)
-        if first_mf is not None:
-            mf = msg._value(first_mf + 1)
+        if _MAX_FORWARDS in present:
+            mf = msg._value(keys.index(_MAX_FORWARDS) + 1)
             if not mf.isdigit():
                 raise ParseError(400, "Max-Forwards not digits", phrase=b"Bad Max-Forwards")
             # RFC 4475 §3.1.2.4: an absurdly large value is just "many"; avoid huge ints.
@@ -1256,10 +1251,9 @@ def _insert_record_route(
     above it, in ``out``.  Returns ``ours`` (our Via line) with what goes below it.
     """
     rr = b"\r\n".join([b"Record-Route: " + value for value in record_route])
-    req._index()
-    first_rr = req._present.get(_RECORD_ROUTE)
-    if first_rr is not None:
-        r = first_rr + 1
+    keys = req._index()
+    if _RECORD_ROUTE in req._present:
+        r = keys.index(_RECORD_ROUTE) + 1
         if r < req._via:
             out[r] = rr + b"\r\n" + out[r]
             return ours
@@ -1341,7 +1335,7 @@ def _mark_top_via(top: bytes, received: bytes | None, rport: int | None) -> byte
 
 def _forward_general(req: Request, plan: ForwardPlan) -> bytes:
     """:func:`forward_request` for folded messages and Route popping (line deletions)."""
-    req._index()
+    keys = req._index()
     lines = req._lines
     present = req._present
     folded = req._folded
@@ -1361,7 +1355,7 @@ def _forward_general(req: Request, plan: ForwardPlan) -> bytes:
         out.append(_MF_DEFAULT_LINE)
     else:
         new_mf = b"%d" % (mf - 1 if mf <= MAX_FORWARDS_DEFAULT else MAX_FORWARDS_DEFAULT)
-        n = present[_MAX_FORWARDS]
+        n = keys.index(b"max-forwards")
         name, _, value = req._parts[n]
         n += 1
         if not folded or req._end_of(n) == n:
