@@ -36,13 +36,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sipedge.gateway.pool import GatewayStatus
 from sipedge.httpd import HttpServer, Reply
 from sipedge.sip.address import Endpoint
 from sipedge.transport.dns import is_placeholder
-from sipedge.transport.driver import CoreDriver
+
+if TYPE_CHECKING:
+    # Annotations only: the supervisor imports this module for its routes, without the core.
+    from sipedge.transport.driver import CoreDriver
 
 __all__ = [
     "AdminApi",
@@ -148,30 +151,24 @@ class AdminApi:
         self.driver = driver
         self.metrics = metrics
         self.control = control if control is not None else CoreDrainControl(driver)
-        self._routes: dict[str, tuple[str, Callable[[], Reply]]] = {
-            "/healthz": ("GET", self._healthz),
-            "/readyz": ("GET", self._readyz),
-            "/gateways": ("GET", self._gateways),
-            "/metrics": ("GET", self._metrics),
-            "/drain": ("POST", self._drain_all),
-            "/undrain": ("POST", self._undrain_all),
+        self._answers: dict[str, Callable[[], Reply]] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/gateways": self._gateways,
+            "/metrics": self._metrics,
+            "/drain": self._drain_all,
+            "/undrain": self._undrain_all,
         }
 
     async def __call__(self, method: str, path: str) -> Reply:
-        if path.startswith("/gateways/") and path.endswith(("/drain", "/enable")):
-            # Gateway ids contain '/': the id is everything up to the final segment.
-            gateway_id, _, command = path[len("/gateways/"):].rpartition("/")
-            if gateway_id:
-                if method != "POST":
-                    return _not_allowed(method)
-                return self._gateway_command(gateway_id, enable=command == "enable")
-        route = self._routes.get(path)
-        if route is None:
-            return Reply.text("not found\n", 404)
-        wanted, answer = route
-        if method != wanted:
-            return _not_allowed(method)
-        return answer()
+        refused = refuse(method, path)
+        if refused is not None:
+            return refused
+        command = gateway_command(path)
+        if command is not None:
+            gateway_id, enable = command
+            return self._gateway_command(gateway_id, enable=enable)
+        return self._answers[path]()
 
     def _healthz(self) -> Reply:
         return Reply.text("ok\n")
@@ -225,8 +222,33 @@ class AdminApi:
         return Reply(200, self.metrics(), METRICS_CONTENT_TYPE)
 
 
-def _not_allowed(method: str) -> Reply:
-    return Reply.text(f"method {method} not allowed here\n", 405)
+#: The method of each fixed route (the daemon's and the supervisor's fan-out alike);
+#: besides these, ``POST /gateways/{id}/drain`` and ``/enable`` (:func:`gateway_command`).
+ROUTES: Final[dict[str, str]] = {
+    "/healthz": "GET", "/readyz": "GET", "/gateways": "GET", "/metrics": "GET",
+    "/drain": "POST", "/undrain": "POST",
+}
+
+
+def gateway_command(path: str) -> tuple[str, bool] | None:
+    """(gateway id, True for enable) of a ``/gateways/{id}/drain|enable`` path, else None.
+
+    Gateway ids contain '/': the id is everything up to the final segment.
+    """
+    if not (path.startswith("/gateways/") and path.endswith(("/drain", "/enable"))):
+        return None
+    gateway_id, _, command = path[len("/gateways/"):].rpartition("/")
+    return (gateway_id, command == "enable") if gateway_id else None
+
+
+def refuse(method: str, path: str) -> Reply | None:
+    """404 for a path no route has, 405 for another method on one; None: a route takes it."""
+    wanted = "POST" if gateway_command(path) is not None else ROUTES.get(path)
+    if wanted is None:
+        return Reply.text("not found\n", 404)
+    if method != wanted:
+        return Reply.text(f"method {method} not allowed here\n", 405)
+    return None
 
 
 class AdminServer:

@@ -43,6 +43,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 
+from sipedge.admin import METRICS_CONTENT_TYPE, refuse
 from sipedge.httpd import HttpServer, Reply
 from sipedge.sip.address import Endpoint
 
@@ -161,10 +162,6 @@ async def request(address: str, method: str, path: str,
     return status, content_type, body
 
 
-#: Prometheus text exposition format content type (``sipedge.admin`` serves the same).
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
 class FanoutServer:
     """The parent's admin listener (see the module docstring)."""
 
@@ -191,15 +188,9 @@ class FanoutServer:
         await self._http.aclose()
 
     async def _route(self, method: str, path: str) -> Reply:
-        commands = path.startswith("/gateways/") and path.endswith(("/drain", "/enable"))
-        if commands or path in ("/drain", "/undrain"):
-            wanted = "POST"
-        elif path in ("/metrics", "/healthz", "/readyz", "/gateways"):
-            wanted = "GET"
-        else:
-            return Reply.text("not found\n", 404)
-        if method != wanted:
-            return Reply.text(f"method {method} not allowed here\n", 405)
+        refused = refuse(method, path)
+        if refused is not None:
+            return refused
         if path == "/metrics":
             return await self._metrics()
         if path == "/healthz":
