@@ -180,16 +180,14 @@ class ExpiryLane:
     with the bucket it is put in.
     """
 
-    __slots__ = ("_buckets", "_count")
+    __slots__ = ("_buckets",)
 
     def __init__(self) -> None:
         self._buckets: deque[_Bucket] = deque()
-        self._count = 0
 
     def add(self, expires: float, key: bytes) -> None:
         """Release ``key`` at ``expires`` (or up to ``LANE_GRAIN_S`` later)."""
         buckets = self._buckets
-        self._count += 1
         if buckets:
             last = buckets[-1]
             if expires <= last.opened + LANE_GRAIN_S:
@@ -211,8 +209,11 @@ class ExpiryLane:
         due: list[bytes] = []
         while buckets and buckets[0].expires <= now:
             due.extend(buckets.popleft().keys)
-        self._count -= len(due)
         return due
 
     def __len__(self) -> int:
-        return self._count
+        """Keys held (read at scrape time, not per packet: it walks the buckets)."""
+        return sum(len(bucket.keys) for bucket in self._buckets)
+
+    def __bool__(self) -> bool:
+        return bool(self._buckets)
