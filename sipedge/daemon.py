@@ -763,16 +763,13 @@ def run(config: Config, *, log_level: str | None = None,
         log_format: str | None = None) -> int:
     """Run the daemon in the foreground: SIGTERM/SIGINT drain then stop, SIGHUP reloads.
 
-    With ``[process] workers`` > 1 this process becomes the supervisor of that many
-    workers (``sipedge.workers``); a process started by one (``SIPEDGE_WORKER``) is a worker.
+    One process, or, started by a supervisor (``SIPEDGE_WORKER``), one of its workers.
+    With ``[process] workers`` > 1 the CLI runs the supervisor (``sipedge.workers``)
+    instead, without importing this module.
     """
     from sipedge.transport import run as run_loop
 
     role = WorkerRole.from_env()
-    if role is None and config.process.workers > 1:
-        from sipedge.workers import supervise
-
-        return supervise(config, log_level=log_level, log_format=log_format)
     if role is not None:
         die_with_parent(role.parent_pid)
     tune_gc()
